@@ -1,0 +1,156 @@
+"""The asyncio view of a Disk: the same operations, awaited.
+
+A request held at a breakpoint suspends only its own task, never the loop,
+so the test (or another task) can resume it. An injected error from a rule
+without ``immediately`` yields to the loop once before it is raised, as
+QEMU's blkdebug reschedules its coroutine; ``immediately = on`` raises at
+once. The sequences are the Disk's (``disk.SEQUENCES``); only the waiting
+differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .disk import (
+    BLOCK_STATUS_SEQ,
+    DISCARD_SEQ,
+    FLUSH_TO_DISK,
+    FLUSH_TO_OS,
+    READ_SEQ,
+    WRITE_SEQ,
+    WRITE_ZEROES_SEQ,
+    Extent,
+    Sequence,
+    _punch_hole,
+    extents,
+)
+from .engine import Hold
+from .errors import BreakpointTimeout, InjectedError
+from .events import FLUSH
+
+if TYPE_CHECKING:
+    from .disk import Disk
+
+
+class AsyncDisk:
+    """``await disk.aio.read(offset, length)`` and the rest of Disk's operations."""
+
+    def __init__(self, disk: Disk) -> None:
+        self.disk = disk
+
+    async def _wait(self, hold: Hold | None) -> None:
+        if hold is None:
+            return
+        loop = asyncio.get_running_loop()
+        released = loop.create_future()
+
+        def wake() -> None:  # runs in whichever thread resumed the request
+            try:
+                loop.call_soon_threadsafe(_set_done, released)
+            except RuntimeError:  # the loop is gone; nobody is waiting
+                pass
+
+        hold.add_callback(wake)
+        timeout = self.disk.hold_timeout
+        try:
+            await asyncio.wait_for(released, timeout)
+        except asyncio.TimeoutError:
+            self.disk.engine.abandon(hold)
+            raise BreakpointTimeout(
+                f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} on "
+                f"event {hold.event!r} was not resumed within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            self.disk.engine.abandon(hold)
+            raise
+
+    async def _fire(self, events: tuple[str, ...], operation: str) -> None:
+        engine = self.disk.engine
+        for event in events:
+            if event in engine.live_events:
+                await self._wait(engine.fire(event, operation))
+
+    async def _check(self, iotype: int, operation: str, offset: int, length: int) -> None:
+        slot = self.disk.engine.check(iotype, offset, length)
+        if slot is not None:
+            if not slot.immediately:
+                await asyncio.sleep(0)
+            raise InjectedError(slot.errno, slot.name, operation, offset, length)
+
+    async def _begin(self, seq: Sequence, offset: int, length: int) -> None:
+        disk = self.disk
+        if offset < 0 or length < 0 or offset + length > disk._limit:
+            raise disk._bad_request(seq.operation, offset, length)
+        await self._fire(seq.before, seq.operation)
+        if seq.dirties:
+            disk._dirty_event = disk._dirty_check = True
+        await self._check(seq.iotype, seq.operation, offset, length)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        await self._begin(READ_SEQ, offset, length)
+        return self.disk._pread(offset, length)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        length = memoryview(data).nbytes
+        disk = self.disk
+        if offset < 0 or offset + length > disk._limit:
+            raise disk._bad_request("write", offset, length)
+        try:
+            await self._begin(WRITE_SEQ, offset, length)
+            disk._pwrite(offset, data, length)
+        finally:
+            await self._fire(WRITE_SEQ.after, "write")
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        if self.disk._skip_empty("write_zeroes", offset, length):
+            return
+        try:
+            await self._begin(WRITE_ZEROES_SEQ, offset, length)
+            _punch_hole(self.disk.fileno(), offset, length)
+        finally:
+            await self._fire(WRITE_ZEROES_SEQ.after, "write_zeroes")
+
+    async def discard(self, offset: int, length: int) -> None:
+        if self.disk._skip_empty("discard", offset, length):
+            return
+        await self._begin(DISCARD_SEQ, offset, length)
+        _punch_hole(self.disk.fileno(), offset, length)
+
+    async def flush(self) -> None:
+        disk = self.disk
+        if disk.closed:
+            raise disk._bad_request("flush", 0, 0)
+        await self._fire((FLUSH_TO_OS,), "flush")
+        if disk._dirty_event:
+            await self._fire((FLUSH_TO_DISK,), "flush")
+        if disk._dirty_check:
+            await self._check(FLUSH, "flush", 0, 0)
+        disk._flushed()
+
+    async def block_status(self, offset: int, length: int) -> list[Extent]:
+        await self._begin(BLOCK_STATUS_SEQ, offset, length)
+        return extents(self.disk.fileno(), offset, length)
+
+    async def event(self, name: str) -> None:
+        engine = self.disk.engine
+        engine.registry.check(name)
+        engine.note_event(name)
+        await self._wait(engine.fire(name, f"event {name}"))
+
+    async def wait_break(self, tag: str, timeout: float | None = None) -> None:
+        """Like ``Disk.wait_break`` but lets the loop run while waiting."""
+        limit = self.disk.wait_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        engine = self.disk.engine
+        while not engine.is_suspended(tag):
+            if loop.time() >= deadline:
+                # Let the engine build the message (tag, events seen, pending).
+                engine.wait_break(tag, 0)
+            await asyncio.sleep(0.001)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

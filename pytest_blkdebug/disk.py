@@ -1,0 +1,541 @@
+"""A disk image wrapped by the injection engine.
+
+``Disk`` behaves like QEMU's raw format over blkdebug over a file, in
+writeback cache mode: each operation raises the events QEMU raises, in QEMU's
+order, checks the armed rules at the point QEMU checks them, and only then
+touches the image. The sequences are data (``SEQUENCES``) so they can be read
+in one place and shared by the sync, asyncio (``aio.py``) and NBD views.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import io
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from .engine import Engine, Hold, RuleStatus, StateChange, TraceEntry
+from .errors import BreakpointTimeout, InjectedError
+from .events import BLOCK_STATUS, DISCARD, FLUSH, READ, WRITE, WRITE_ZEROES, EventRegistry
+from .rules import Rule
+
+if TYPE_CHECKING:
+    from .aio import AsyncDisk
+    from .nbd import NBDExport
+
+DEFAULT_HOLD_TIMEOUT = 60.0
+DEFAULT_WAIT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """What one operation does around its request check.
+
+    ``before`` events are raised, then the request is checked as ``iotype``,
+    then (on success) the image is touched, then ``after`` events are raised
+    whether or not the request failed. ``dirties`` marks operations after
+    which a flush has work to do, failed or not (QEMU bumps its write
+    generation in either case).
+    """
+
+    operation: str
+    before: tuple[str, ...]
+    iotype: int
+    after: tuple[str, ...] = ()
+    dirties: bool = False
+
+
+READ_SEQ = Sequence("read", ("read_aio",), READ)
+WRITE_SEQ = Sequence("write", ("write_aio", "pwritev"), WRITE, ("pwritev_done",), True)
+WRITE_ZEROES_SEQ = Sequence("write_zeroes", ("pwritev_zero",), WRITE_ZEROES, ("pwritev_done",), True)
+DISCARD_SEQ = Sequence("discard", (), DISCARD, (), True)
+BLOCK_STATUS_SEQ = Sequence("block_status", (), BLOCK_STATUS)
+#: flush: ``flush_to_os`` always; only when dirty ``flush_to_disk`` and the check.
+FLUSH_TO_OS, FLUSH_TO_DISK = "flush_to_os", "flush_to_disk"
+FLUSH_SEQ = Sequence("flush", (FLUSH_TO_OS,), FLUSH)
+SEQUENCES = {s.operation: s for s in (READ_SEQ, WRITE_SEQ, WRITE_ZEROES_SEQ, DISCARD_SEQ,
+                                      BLOCK_STATUS_SEQ, FLUSH_SEQ)}
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: int | str) -> int:
+    """``65536``, ``"64M"``, ``"1G"``, ``"512K"`` -> bytes (qemu-img's suffixes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"invalid size {value!r} (use bytes or a K/M/G/T suffix, e.g. '64M')")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+class Extent(NamedTuple):
+    """A run of the image that is all data (``data=True``) or all hole (reads zero)."""
+
+    offset: int
+    length: int
+    data: bool
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_ZERO_CHUNK = bytes(1 << 20)
+_FICLONE = 0x40049409  # linux/fs.h
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Zero a range and free its blocks; fall back to writing zeroes."""
+    fallocate = getattr(_libc, "fallocate", None)
+    if fallocate is not None:
+        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        if fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+    end = offset + length
+    while offset < end:
+        n = min(end - offset, len(_ZERO_CHUNK))
+        offset += os.pwrite(fd, _ZERO_CHUNK[:n], offset)
+
+
+def _copy_sparse(src: str, dst: str) -> None:
+    """Copy an image cheaply: a reflink where the filesystem offers one,
+    else only the data extents (holes stay holes)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+        fout.truncate(size)
+        for extent in extents(fin.fileno(), 0, size):
+            if extent.data:
+                os.copy_file_range(fin.fileno(), fout.fileno(), extent.length,
+                                   extent.offset, extent.offset)
+
+
+class Disk:
+    """An image file plus the engine that decides which requests fail.
+
+    Open with :meth:`create` (a new sparse image) or :meth:`open` (an existing
+    one). Several disks may share one engine (``engine=``), so rules and state
+    span files, as a database and its journal do.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, rules: Iterable[Rule] = (),
+                 events: Iterable[str] = (), engine: Engine | None = None,
+                 readonly: bool = False, durable: bool = False,
+                 hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
+                 wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> None:
+        self.path = os.fspath(path)
+        if engine is None:
+            engine = Engine(rules, events=events)
+        else:
+            for name in events:
+                engine.registry.register(name)
+            engine.add_rules(rules)
+        self.engine = engine
+        self.readonly = readonly
+        #: fdatasync on a successful flush (off: the page cache is all any
+        #: reader in a test can see, and syncing costs milliseconds).
+        self.durable = durable
+        self.hold_timeout = hold_timeout
+        self.wait_timeout = wait_timeout
+        self._fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
+        self.size = os.fstat(self._fd).st_size
+        # Requests must end at or before _limit; close() sets it to -1 so the
+        # range check, which every request pays anyway, also catches closed disks.
+        self._limit = self.size
+        # QEMU tracks dirtiness per node: the raw format node decides whether
+        # flush raises flush_to_disk; the blkdebug node whether the flush is
+        # checked. They differ only after a zero-length write-zeroes or
+        # discard, which dirties the format node without reaching blkdebug.
+        self._dirty_event = False
+        self._dirty_check = False
+        self._closed = False
+        self._aio: AsyncDisk | None = None
+        if not engine.opened:
+            engine.opened = True
+            self._wait(engine.fire("none", "open"))
+
+    # -- construction --------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], size: int | str, *,
+               template: str | os.PathLike[str] | None = None, **kwargs: object) -> Disk:
+        """Create (or overwrite) a sparse raw image of ``size`` bytes and open it.
+
+        ``template`` copies a prepared image instead (reflink or sparse copy)
+        and then sets its size.
+        """
+        nbytes = parse_size(size)
+        target = os.fspath(path)
+        if template is not None:
+            _copy_sparse(os.fspath(template), target)
+            os.truncate(target, nbytes)
+        else:
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, nbytes)
+            finally:
+                os.close(fd)
+        return cls(target, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **kwargs: object) -> Disk:
+        """Open an existing image (its size is the file's size)."""
+        return cls(path, **kwargs)  # type: ignore[arg-type]
+
+    # -- engine views --------------------------------------------------------
+
+    @property
+    def state(self) -> int:
+        return self.engine.state
+
+    @property
+    def history(self) -> list[StateChange]:
+        return self.engine.history
+
+    @property
+    def rules(self) -> list[RuleStatus]:
+        return self.engine.rules
+
+    def rule(self, name: str) -> RuleStatus:
+        return self.engine.rule(name)
+
+    @property
+    def trace(self) -> list[TraceEntry]:
+        return self.engine.trace
+
+    @property
+    def registry(self) -> EventRegistry:
+        return self.engine.registry
+
+    # -- the request path ----------------------------------------------------
+
+    def _wait(self, hold: Hold | None) -> None:
+        """Block this thread while a breakpoint holds its request."""
+        if hold is None:
+            return
+        if not hold.wait(self.hold_timeout):
+            self.engine.abandon(hold)
+            raise BreakpointTimeout(
+                f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} "
+                f"on event {hold.event!r} was not resumed within {self.hold_timeout:g} s")
+
+    def _bad_request(self, operation: str, offset: int, length: int) -> Exception:
+        if self._closed:
+            return ValueError(f"I/O on closed disk {self.path}")
+        return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: {operation} of {length} bytes at "
+                       f"offset {offset} is outside the {self.size}-byte image {self.path}")
+
+    def _begin(self, seq: Sequence, offset: int, length: int) -> None:
+        """Range check, ``before`` events, request check. Raises on failure."""
+        if offset < 0 or length < 0 or offset + length > self._limit:
+            raise self._bad_request(seq.operation, offset, length)
+        engine = self.engine
+        for event in seq.before:
+            if event in engine.live_events:
+                self._wait(engine.fire(event, seq.operation))
+        if seq.dirties:
+            self._dirty_event = self._dirty_check = True
+        slot = engine.check(seq.iotype, offset, length)
+        if slot is not None:
+            raise InjectedError(slot.errno, slot.name, seq.operation, offset, length)
+
+    def _end(self, seq: Sequence) -> None:
+        engine = self.engine
+        for event in seq.after:
+            if event in engine.live_events:
+                self._wait(engine.fire(event, seq.operation))
+
+    # read and write are READ_SEQ and WRITE_SEQ unrolled by hand: they are the
+    # hot path, and a loop over a one-event tuple costs a tenth of a read.
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset`` (events: read_aio)."""
+        if offset < 0 or length < 0 or offset + length > self._limit:
+            raise self._bad_request("read", offset, length)
+        engine = self.engine
+        if "read_aio" in engine.live_events:
+            hold = engine.fire("read_aio", "read")
+            if hold is not None:
+                self._wait(hold)
+        match = engine.matchers[READ]
+        if match is not None and match(offset, length):
+            slot = engine.decide(READ, offset, length)
+            if slot is not None:
+                raise InjectedError(slot.errno, slot.name, "read", offset, length)
+        data = os.pread(self._fd, length, offset)
+        if len(data) < length:  # the file shrank under us: holes read as zeroes
+            return self._pread(offset, length)
+        return data
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        return data if len(data) == length else data + bytes(length - len(data))
+
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview, length: int) -> None:
+        written = os.pwrite(self._fd, data, offset)
+        if written < length:
+            view = memoryview(data).cast("B")
+            while written < length:
+                written += os.pwrite(self._fd, view[written:], offset + written)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done)."""
+        length = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if offset < 0 or offset + length > self._limit:
+            raise self._bad_request("write", offset, length)
+        engine = self.engine
+        live = engine.live_events
+        try:
+            if "write_aio" in live:
+                hold = engine.fire("write_aio", "write")
+                if hold is not None:
+                    self._wait(hold)
+            if "pwritev" in live:
+                hold = engine.fire("pwritev", "write")
+                if hold is not None:
+                    self._wait(hold)
+            self._dirty_event = self._dirty_check = True
+            match = engine.matchers[WRITE]
+            if match is not None and match(offset, length):
+                slot = engine.decide(WRITE, offset, length)
+                if slot is not None:
+                    raise InjectedError(slot.errno, slot.name, "write", offset, length)
+            if os.pwrite(self._fd, data, offset) < length:
+                self._pwrite(offset, data, length)  # short write: finish it
+        finally:
+            if "pwritev_done" in engine.live_events:
+                hold = engine.fire("pwritev_done", "write")
+                if hold is not None:
+                    self._wait(hold)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Zero a range (events: pwritev_zero, pwritev_done)."""
+        if self._skip_empty("write_zeroes", offset, length):
+            return
+        try:
+            self._begin(WRITE_ZEROES_SEQ, offset, length)
+            _punch_hole(self._fd, offset, length)
+        finally:
+            self._end(WRITE_ZEROES_SEQ)
+
+    def discard(self, offset: int, length: int) -> None:
+        """Discard a range; it reads as zeroes afterwards (no event)."""
+        if self._skip_empty("discard", offset, length):
+            return
+        self._begin(DISCARD_SEQ, offset, length)
+        _punch_hole(self._fd, offset, length)
+
+    def _skip_empty(self, operation: str, offset: int, length: int) -> bool:
+        """Range-check a write-zeroes or discard; True if it is empty.
+
+        QEMU's format layer finishes an empty one itself: nothing reaches
+        blkdebug (no event, no check), yet its write generation moves on, so
+        the next flush raises flush_to_disk without being checked.
+        """
+        if offset < 0 or length < 0 or offset + length > self._limit:
+            raise self._bad_request(operation, offset, length)
+        if length:
+            return False
+        self._dirty_event = True
+        return True
+
+    def flush(self) -> None:
+        """flush_to_os; if anything was written since the last good flush,
+        flush_to_disk and the flush check; a failed flush stays dirty."""
+        if self._closed:
+            raise self._bad_request("flush", 0, 0)
+        engine = self.engine
+        self._wait(engine.fire(FLUSH_TO_OS, "flush"))
+        if self._dirty_event:
+            self._wait(engine.fire(FLUSH_TO_DISK, "flush"))
+        if self._dirty_check:
+            slot = engine.check(FLUSH, 0, 0)
+            if slot is not None:
+                raise InjectedError(slot.errno, slot.name, "flush", 0, 0)
+        self._flushed()
+
+    def _flushed(self) -> None:
+        if self._dirty_check and self.durable:
+            os.fdatasync(self._fd)
+        self._dirty_event = self._dirty_check = False
+
+    def block_status(self, offset: int, length: int) -> list[Extent]:
+        """Which parts of a range hold data and which are holes (no event)."""
+        self._begin(BLOCK_STATUS_SEQ, offset, length)
+        return extents(self._fd, offset, length)
+
+    def event(self, name: str) -> None:
+        """Announce your own I/O: raise ``name`` (registered events only)."""
+        self.engine.registry.check(name)
+        self.engine.note_event(name)
+        self._wait(self.engine.fire(name, f"event {name}"))
+
+    @property
+    def dirty(self) -> bool:
+        """Whether the next flush has work to do (and so will be checked)."""
+        return self._dirty_event
+
+    # -- breakpoints ---------------------------------------------------------
+
+    def break_on(self, event: str, tag: str) -> None:
+        """Suspend the next request that raises ``event``, under ``tag``."""
+        self.engine.break_on(event, tag)
+
+    def resume(self, tag: str) -> None:
+        """Resume the most recently suspended request with ``tag``."""
+        self.engine.resume(tag)
+
+    def remove_break(self, tag: str) -> None:
+        """Drop pending breakpoints with ``tag`` and resume their requests."""
+        self.engine.remove_break(tag)
+
+    def wait_break(self, tag: str, timeout: float | None = None) -> None:
+        """Return once a request is suspended under ``tag`` (or time out)."""
+        self.engine.wait_break(tag, self.wait_timeout if timeout is None else timeout)
+
+    def is_suspended(self, tag: str) -> bool:
+        return self.engine.is_suspended(tag)
+
+    # -- other views -----------------------------------------------------------
+
+    @property
+    def aio(self) -> AsyncDisk:
+        """The same operations for asyncio callers (``await disk.aio.read(...)``)."""
+        if self._aio is None:
+            from .aio import AsyncDisk
+            self._aio = AsyncDisk(self)
+        return self._aio
+
+    def fileobj(self) -> DiskFile:
+        """An ``io.RawIOBase`` over the disk, for code that wants a file."""
+        return DiskFile(self)
+
+    def serve_nbd(self, **kwargs: object) -> NBDExport:
+        """Export this disk over NBD (see ``nbd.NBDExport``)."""
+        from .nbd import NBDExport
+        return NBDExport(self, **kwargs)  # type: ignore[arg-type]
+
+    def fileno(self) -> int:
+        """The image's descriptor, for reading it behind the engine's back."""
+        return self._fd
+
+    # -- lifetime --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> list[tuple[str, Hold]]:
+        """Close the image, first resuming whatever is still suspended.
+
+        Returns the (tag, hold) entries it had to resume, so callers (the
+        pytest plugin) can report a forgotten breakpoint. The image stays.
+        """
+        if self._closed:
+            return []
+        released = self.engine.release_all()
+        self._closed = True
+        self._limit = -1
+        os.close(self._fd)
+        return released
+
+    def __enter__(self) -> Disk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Disk {self.path} size={self.size} state={self.state}>"
+
+
+def extents(fd: int, offset: int, length: int) -> list[Extent]:
+    """Data/hole runs covering ``[offset, offset+length)`` via SEEK_DATA/HOLE."""
+    result: list[Extent] = []
+    end = offset + length
+    pos = offset
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            data = end  # only a hole remains
+        if data > pos:
+            hole_end = min(data, end)
+            result.append(Extent(pos, hole_end - pos, False))
+            pos = hole_end
+            continue
+        hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        result.append(Extent(pos, hole - pos, True))
+        pos = hole
+    return result
+
+
+class DiskFile(io.RawIOBase):
+    """A seekable binary file over a Disk; every read and write goes through
+    the engine. ``flush()`` is a no-op as for any unbuffered file; call
+    ``sync()`` for the disk's flush (events, check)."""
+
+    def __init__(self, disk: Disk) -> None:
+        self._disk = disk
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return not self._disk.readonly
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._disk.size - self._pos))
+        data = self._disk.read(self._pos, n)
+        view[:n] = data
+        self._pos += n
+        return n
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        n = memoryview(data).nbytes
+        self._disk.write(self._pos, data)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._disk.size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def sync(self) -> None:
+        self._disk.flush()
+
+
+def copy_image(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy an image, keeping holes (reflink when the filesystem can)."""
+    try:
+        _copy_sparse(os.fspath(src), os.fspath(dst))
+    except OSError:
+        shutil.copyfile(src, dst)
