@@ -20,10 +20,28 @@ from .events import IOTYPES, QEMU_EVENTS, EventRegistry
 from .rules import Breakpoint, InjectError, Rule, SetState
 
 __all__ = [
-    "Breakpoint", "BreakpointError", "BreakpointTimeout", "Disk", "DiskFile",
-    "Engine", "EventRegistry", "Extent", "IOTYPES", "InjectError", "InjectedError",
-    "QEMU_EVENTS", "Rule", "RuleError", "RuleFileError", "RuleStatus", "SetState",
-    "StateChange", "TraceEntry", "parse_size", "load_rules", "dump_ini",
+    "Breakpoint",
+    "BreakpointError",
+    "BreakpointTimeout",
+    "Disk",
+    "DiskFile",
+    "Engine",
+    "EventRegistry",
+    "Extent",
+    "IOTYPES",
+    "InjectError",
+    "InjectedError",
+    "QEMU_EVENTS",
+    "Rule",
+    "RuleError",
+    "RuleFileError",
+    "RuleStatus",
+    "SetState",
+    "StateChange",
+    "TraceEntry",
+    "parse_size",
+    "load_rules",
+    "dump_ini",
 ]
 
 
@@ -32,5 +50,6 @@ def __getattr__(name: str) -> object:
     # file reader's optional dependency (tomli on 3.10) is missing.
     if name in ("load_rules", "dump_ini", "dump_toml", "save_rules", "RuleFileWarning"):
         from . import rulefile
+
         return getattr(rulefile, name)
     raise AttributeError(f"module 'pytest_blkdebug' has no attribute {name!r}")

@@ -60,7 +60,8 @@ class AsyncDisk:
             self.disk.engine.abandon(hold)
             raise BreakpointTimeout(
                 f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} on "
-                f"event {hold.event!r} was not resumed within {timeout:g} s") from None
+                f"event {hold.event!r} was not resumed within {timeout:g} s"
+            ) from None
         except asyncio.CancelledError:
             self.disk.engine.abandon(hold)
             raise

@@ -54,14 +54,18 @@ class Sequence:
 
 READ_SEQ = Sequence("read", ("read_aio",), READ)
 WRITE_SEQ = Sequence("write", ("write_aio", "pwritev"), WRITE, ("pwritev_done",), True)
-WRITE_ZEROES_SEQ = Sequence("write_zeroes", ("pwritev_zero",), WRITE_ZEROES, ("pwritev_done",), True)
+WRITE_ZEROES_SEQ = Sequence(
+    "write_zeroes", ("pwritev_zero",), WRITE_ZEROES, ("pwritev_done",), True
+)
 DISCARD_SEQ = Sequence("discard", (), DISCARD, (), True)
 BLOCK_STATUS_SEQ = Sequence("block_status", (), BLOCK_STATUS)
 #: flush: ``flush_to_os`` always; only when dirty ``flush_to_disk`` and the check.
 FLUSH_TO_OS, FLUSH_TO_DISK = "flush_to_os", "flush_to_disk"
 FLUSH_SEQ = Sequence("flush", (FLUSH_TO_OS,), FLUSH)
-SEQUENCES = {s.operation: s for s in (READ_SEQ, WRITE_SEQ, WRITE_ZEROES_SEQ, DISCARD_SEQ,
-                                      BLOCK_STATUS_SEQ, FLUSH_SEQ)}
+SEQUENCES = {
+    s.operation: s
+    for s in (READ_SEQ, WRITE_SEQ, WRITE_ZEROES_SEQ, DISCARD_SEQ, BLOCK_STATUS_SEQ, FLUSH_SEQ)
+}
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -121,8 +125,9 @@ def _copy_sparse(src: str, dst: str) -> None:
         fout.truncate(size)
         for extent in extents(fin.fileno(), 0, size):
             if extent.data:
-                os.copy_file_range(fin.fileno(), fout.fileno(), extent.length,
-                                   extent.offset, extent.offset)
+                os.copy_file_range(
+                    fin.fileno(), fout.fileno(), extent.length, extent.offset, extent.offset
+                )
 
 
 class Disk:
@@ -133,11 +138,18 @@ class Disk:
     span files, as a database and its journal do.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, rules: Iterable[Rule] = (),
-                 events: Iterable[str] = (), engine: Engine | None = None,
-                 readonly: bool = False, durable: bool = False,
-                 hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
-                 wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        rules: Iterable[Rule] = (),
+        events: Iterable[str] = (),
+        engine: Engine | None = None,
+        readonly: bool = False,
+        durable: bool = False,
+        hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
         self.path = os.fspath(path)
         if engine is None:
             engine = Engine(rules, events=events)
@@ -172,8 +184,14 @@ class Disk:
     # -- construction --------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], size: int | str, *,
-               template: str | os.PathLike[str] | None = None, **kwargs: object) -> Disk:
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        size: int | str,
+        *,
+        template: str | os.PathLike[str] | None = None,
+        **kwargs: object,
+    ) -> Disk:
         """Create (or overwrite) a sparse raw image of ``size`` bytes and open it.
 
         ``template`` copies a prepared image instead (reflink or sparse copy)
@@ -232,13 +250,17 @@ class Disk:
             self.engine.abandon(hold)
             raise BreakpointTimeout(
                 f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} "
-                f"on event {hold.event!r} was not resumed within {self.hold_timeout:g} s")
+                f"on event {hold.event!r} was not resumed within {self.hold_timeout:g} s"
+            )
 
     def _bad_request(self, operation: str, offset: int, length: int) -> Exception:
         if self._closed:
             return ValueError(f"I/O on closed disk {self.path}")
-        return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: {operation} of {length} bytes at "
-                       f"offset {offset} is outside the {self.size}-byte image {self.path}")
+        return OSError(
+            errno.EIO,
+            f"{os.strerror(errno.EIO)}: {operation} of {length} bytes at "
+            f"offset {offset} is outside the {self.size}-byte image {self.path}",
+        )
 
     def _begin(self, seq: Sequence, offset: int, length: int) -> None:
         """Range check, ``before`` events, request check. Raises on failure."""
@@ -418,6 +440,7 @@ class Disk:
         """The same operations for asyncio callers (``await disk.aio.read(...)``)."""
         if self._aio is None:
             from .aio import AsyncDisk
+
             self._aio = AsyncDisk(self)
         return self._aio
 
@@ -428,6 +451,7 @@ class Disk:
     def serve_nbd(self, **kwargs: object) -> NBDExport:
         """Export this disk over NBD (see ``nbd.NBDExport``)."""
         from .nbd import NBDExport
+
         return NBDExport(self, **kwargs)  # type: ignore[arg-type]
 
     def fileno(self) -> int:

@@ -40,8 +40,21 @@ HISTORY_LENGTH = 256
 class _Slot:
     """One rule inside an engine: the rule plus its counters and fast fields."""
 
-    __slots__ = ("rule", "name", "position", "state", "mask", "offset", "errno",
-                 "once", "immediately", "new_state", "hits", "armed_base", "consumed")
+    __slots__ = (
+        "rule",
+        "name",
+        "position",
+        "state",
+        "mask",
+        "offset",
+        "errno",
+        "once",
+        "immediately",
+        "new_state",
+        "hits",
+        "armed_base",
+        "consumed",
+    )
 
     def __init__(self, rule: Rule, name: str, position: int) -> None:
         self.rule = rule
@@ -89,8 +102,9 @@ class _ActiveIndex:
                     any_pos[t] = min(any_pos[t], i)
                 else:
                     buckets[t].setdefault(slot.offset >> _BUCKET_SHIFT, []).append((slot.offset, i))
-        self.by_iotype = [(any_pos[t], {b: tuple(v) for b, v in buckets[t].items()})
-                          for t in range(len(IOTYPES))]
+        self.by_iotype = [
+            (any_pos[t], {b: tuple(v) for b, v in buckets[t].items()}) for t in range(len(IOTYPES))
+        ]
         self.matchers = tuple(_matcher(*entry) for entry in self.by_iotype)
 
     def find(self, iotype: int, offset: int, length: int) -> _Slot | None:
@@ -108,8 +122,9 @@ class _ActiveIndex:
         return _ActiveIndex(rest) if rest else None
 
 
-def _overlapping(buckets: dict[int, tuple[tuple[int, int], ...]], offset: int,
-                 end: int) -> list[tuple[tuple[int, int], ...]]:
+def _overlapping(
+    buckets: dict[int, tuple[tuple[int, int], ...]], offset: int, end: int
+) -> list[tuple[tuple[int, int], ...]]:
     """The sector-rule buckets a request ``[offset, end)`` overlaps."""
     first, last = offset >> _BUCKET_SHIFT, (end - 1) >> _BUCKET_SHIFT
     if last - first < len(buckets):
@@ -126,8 +141,10 @@ def _always(offset: int, length: int) -> bool:
 _NO_MATCHERS: tuple[None, ...] = (None,) * len(IOTYPES)
 
 
-def _matcher(any_pos: int, buckets: dict[int, tuple[tuple[int, int], ...]],
-             ) -> Callable[[int, int], bool] | None:
+def _matcher(
+    any_pos: int,
+    buckets: dict[int, tuple[tuple[int, int], ...]],
+) -> Callable[[int, int], bool] | None:
     """The fastest exact "does any armed rule match" test for one iotype."""
     if any_pos != _NO_RULE:
         return _always
@@ -146,8 +163,9 @@ def _matcher(any_pos: int, buckets: dict[int, tuple[tuple[int, int], ...]],
             if entries is None:
                 return False
             return any(offset <= o < end for o, _ in entries)
-        return any(offset <= o < end for entries in _overlapping(buckets, offset, end)
-                   for o, _ in entries)
+        return any(
+            offset <= o < end for entries in _overlapping(buckets, offset, end) for o, _ in entries
+        )
 
     return could_match
 
@@ -283,8 +301,14 @@ class Engine:
     paths only read references that are replaced atomically.
     """
 
-    def __init__(self, rules: Iterable[Rule] = (), *, events: Iterable[str] = (),
-                 registry: EventRegistry | None = None, trace_length: int = TRACE_LENGTH) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        *,
+        events: Iterable[str] = (),
+        registry: EventRegistry | None = None,
+        trace_length: int = TRACE_LENGTH,
+    ) -> None:
         self.registry = registry if registry is not None else EventRegistry()
         for name in events:
             self.registry.register(name)
@@ -343,8 +367,19 @@ class Engine:
         """Every rule's status, in definition order (consumed ones included)."""
         with self._lock:
             active = set(self.active.members) if self.active else set()
-            return [RuleStatus(s.rule, s.name, s.rule.kind, s.rule.event, self._armed(s),
-                               s.hits, s.consumed, s in active) for s in self._slots]
+            return [
+                RuleStatus(
+                    s.rule,
+                    s.name,
+                    s.rule.kind,
+                    s.rule.event,
+                    self._armed(s),
+                    s.hits,
+                    s.consumed,
+                    s in active,
+                )
+                for s in self._slots
+            ]
 
     def rule(self, name: str) -> RuleStatus:
         for status in self.rules:
@@ -532,8 +567,8 @@ class Engine:
         Breakpoint(event, tag)  # validates the tag
         if event not in self.registry:
             raise BreakpointError(
-                f"Could not set breakpoint: No such file or directory "
-                f"(unknown event {event!r})")
+                f"Could not set breakpoint: No such file or directory (unknown event {event!r})"
+            )
         with self._lock:
             self._plans.setdefault(event, _EventPlan()).breakpoints.append(tag)
 
@@ -547,7 +582,8 @@ class Engine:
             else:
                 raise BreakpointError(
                     f"Could not resume request: No such file or directory (no request "
-                    f"suspended under tag {tag!r})")
+                    f"suspended under tag {tag!r})"
+                )
         self._notify("resume", tag)
         entry.hold._advance()
 
@@ -566,8 +602,7 @@ class Engine:
         for _ in range(count):
             self.resume(tag)
         if not found and not count:
-            raise BreakpointError(
-                f"Could not remove breakpoint {tag}: No such file or directory")
+            raise BreakpointError(f"Could not remove breakpoint {tag}: No such file or directory")
 
     def is_suspended(self, tag: str) -> bool:
         return any(entry.tag == tag for entry in self._suspended)
@@ -600,14 +635,19 @@ class Engine:
     def _wait_message(self, tag: str, timeout: float, before: list[tuple], mark: int) -> str:
         now = list(self._trace)
         # The trace is a bounded deque: take what is new since the wait began.
-        new = now[len(before):] if now[: len(before)] == before else now
+        new = now[len(before) :] if now[: len(before)] == before else now
         events = [raw[1] for raw in new if raw[0] == "event"]
         pending = [f"{t} on {e}" for e, t in self.pending_breakpoints if t == tag]
         seen = ", ".join(events[-20:]) if events else "none"
-        where = f"; pending breakpoint: {', '.join(pending)}" if pending else \
-            "; no breakpoint with that tag is pending"
-        return (f"no request was suspended under tag {tag!r} within {timeout:g} s "
-                f"(events seen meanwhile: {seen}{where})")
+        where = (
+            f"; pending breakpoint: {', '.join(pending)}"
+            if pending
+            else "; no breakpoint with that tag is pending"
+        )
+        return (
+            f"no request was suspended under tag {tag!r} within {timeout:g} s "
+            f"(events seen meanwhile: {seen}{where})"
+        )
 
     def abandon(self, hold: Hold) -> None:
         """Forget a hold whose waiter gave up (timeout, cancellation)."""

@@ -14,7 +14,7 @@ import errno as errno_module
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .errors import RuleError
 from .events import DEFAULT_IOTYPES, IOTYPES
@@ -52,7 +52,7 @@ def _check_event(rule: object, value: object) -> str:
 def _check_name(rule: object, value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or any(c in value for c in "\"\n\r"):
+    if not isinstance(value, str) or not value or any(c in value for c in '"\n\r'):
         raise RuleError(
             f"{_kind_name(rule)}: name must be a non-empty string without quotes or "
             f"newlines, not {value!r}"
@@ -87,7 +87,9 @@ def parse_iotypes(value: object) -> frozenset[str]:
     try:
         result = frozenset(names)
     except TypeError:
-        raise RuleError(f"InjectError: iotype must be a name or a list of names, not {value!r}") from None
+        raise RuleError(
+            f"InjectError: iotype must be a name or a list of names, not {value!r}"
+        ) from None
     bad = [n for n in result if n not in IOTYPES]
     if bad or not result:
         raise RuleError(
@@ -202,7 +204,7 @@ class Breakpoint:
         return f"breakpoint {self.event} {self.describe()}"
 
 
-Rule = Union[InjectError, SetState]
+Rule = InjectError | SetState
 """A rule that can live in a rule file."""
 
 RULE_KINDS: dict[str, type[InjectError] | type[SetState]] = {
