@@ -49,27 +49,32 @@ def run_qemu_io(
     """Run ``qemu-io *args`` in ``cwd`` and capture its output as text.
 
     The C locale keeps QEMU's messages (and strerror texts) in English.
-    Undecodable output bytes are backslash-escaped rather than raising.
+    Output is decoded as UTF-8 without newline translation; undecodable
+    bytes are backslash-escaped rather than raising.
     A hang raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds;
     a missing qemu-io raises ``FileNotFoundError`` (use ``requires_qemu_io``).
     """
     exe = qemu_io_path()
     if exe is None:
-        raise FileNotFoundError(
-            f"qemu-io not found (install qemu-utils, or set {QEMU_IO_ENV})"
-        )
+        raise FileNotFoundError(f"qemu-io not found (install qemu-utils, or set {QEMU_IO_ENV})")
     run_env = dict(os.environ)
     run_env["LC_ALL"] = "C"
     if env:
         run_env.update(env)
-    return subprocess.run(
+    # Bytes, decoded by hand: text mode would turn a "\r" QEMU echoes from
+    # a config file into "\n" (universal newlines).
+    proc = subprocess.run(
         [exe, *args],
         cwd=Path(cwd),
         env=run_env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
-        encoding="utf-8",
-        errors="backslashreplace",
         timeout=timeout,
         check=False,
+    )
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        proc.stdout.decode("utf-8", "backslashreplace"),
+        proc.stderr.decode("utf-8", "backslashreplace"),
     )
