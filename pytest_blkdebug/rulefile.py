@@ -63,9 +63,7 @@ INI_SUFFIXES: tuple[str, ...] = (".ini", ".cfg", ".conf")
 TOML_SUFFIXES: tuple[str, ...] = (".toml",)
 
 #: QEMU's hint line after "Parameter 'id' expects an identifier".
-ID_HINT = (
-    "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
-)
+ID_HINT = "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
 
 
 class RuleFileWarning(UserWarning):
@@ -113,9 +111,7 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
             return f.read()
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise RuleFileError(
-            os.fspath(path), None, f"Could not read {what}: {reason}"
-        ) from None
+        raise RuleFileError(os.fspath(path), None, f"Could not read {what}: {reason}") from None
 
 
 def _emit(collected: list[RuleFileWarning], stacklevel: int) -> None:
@@ -160,9 +156,7 @@ def loads_ini(
 ) -> list[Rule]:
     """``load_rules`` for QEMU ini text already in memory (``path`` names it in errors)."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    rules, collected = _parse_ini(
-        raw, path, registry if registry is not None else EventRegistry()
-    )
+    rules, collected = _parse_ini(raw, path, registry if registry is not None else EventRegistry())
     _emit(collected, stacklevel=2)
     return rules
 
@@ -172,9 +166,7 @@ def loads_toml(
 ) -> list[Rule]:
     """``load_rules`` for TOML text already in memory (``path`` names it in errors)."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    rules, collected = _parse_toml(
-        raw, path, registry if registry is not None else EventRegistry()
-    )
+    rules, collected = _parse_toml(raw, path, registry if registry is not None else EventRegistry())
     _emit(collected, stacklevel=2)
     return rules
 
@@ -298,9 +290,7 @@ class _Opts:
 
 
 class _IniFail(Exception):
-    def __init__(
-        self, line: int | None, message: str, unsupported: bool = False
-    ) -> None:
+    def __init__(self, line: int | None, message: str, unsupported: bool = False) -> None:
         super().__init__(message)
         self.line = line
         self.message = message
@@ -375,9 +365,7 @@ def _id_wellformed(ident: bytes) -> bool:
     """QEMU's id_wellformed(): an ASCII letter, then letters, digits, - . _"""
     if not ident or not (chr(ident[0]).isascii() and chr(ident[0]).isalpha()):
         return False
-    return all(
-        chr(c).isascii() and (chr(c).isalnum() or chr(c) in "-._") for c in ident[1:]
-    )
+    return all(chr(c).isascii() and (chr(c).isalnum() or chr(c) in "-._") for c in ident[1:])
 
 
 def _fgets(data: bytes) -> list[tuple[int, bytes, bool]]:
@@ -444,9 +432,7 @@ class _IniParser:
                         val, k = _scan_not(s, j + 1, _QUOTE, _ID_MAX)
                         if val is not None:
                             count, ident = 2, val
-                            self._check_header_rest(
-                                line, s[k:], b'"]', ident, k - j - 1
-                            )
+                            self._check_header_rest(line, s[k:], b'"]', ident, k - j - 1)
                 if count == 2:
                     new_group = True
                     qd = _QDict()
@@ -513,9 +499,7 @@ class _IniParser:
                 )
         elif not _trailing(rest) or ident is not None:
             closing = "'\"]'" if ident is not None else "']'"
-            self.warn(
-                line, f"group header without a closing {closing}: QEMU accepts it"
-            )
+            self.warn(line, f"group header does not end with {closing}: QEMU accepts it anyway")
 
     # -- group validation (qemu_config_do_parse + qemu_opts_from_qdict) ------
 
@@ -528,13 +512,9 @@ class _IniParser:
         if id_entry is not None:
             ident = id_entry.value
             if not _id_wellformed(ident):
-                raise _IniFail(
-                    id_entry.line, f"Parameter 'id' expects an identifier\n{ID_HINT}"
-                )
+                raise _IniFail(id_entry.line, f"Parameter 'id' expects an identifier\n{ID_HINT}")
             if ident in self.ids[kind]:
-                raise _IniFail(
-                    id_entry.line, f"Duplicate ID '{_txt(ident)}' for {kind}"
-                )
+                raise _IniFail(id_entry.line, f"Duplicate ID '{_txt(ident)}' for {kind}")
             self.ids[kind].add(ident)
             opts.name = ident.decode("ascii")
         allowed = _INI_KEYS[kind]
@@ -557,9 +537,7 @@ class _IniParser:
                     raise _IniFail(entry.line, f"Parameter '{key}' expects a number")
             elif typ == _BOOL:
                 if entry.value not in _BOOL_WORDS:
-                    raise _IniFail(
-                        entry.line, f"Parameter '{key}' expects 'on' or 'off'"
-                    )
+                    raise _IniFail(entry.line, f"Parameter '{key}' expects 'on' or 'off'")
                 parsed = _BOOL_WORDS[entry.value]
             else:
                 parsed = entry.value
@@ -612,9 +590,7 @@ class _IniParser:
         number, raw, line = opts.values[key]
         self._number_warning(line, key, raw, number, value)
 
-    def _number_warning(
-        self, line: int, key: str, raw: bytes, number: int, value: int
-    ) -> None:
+    def _number_warning(self, line: int, key: str, raw: bytes, number: int, value: int) -> None:
         spelled = _txt(raw)
         if number != value or spelled.strip().startswith("-"):
             self.warn(line, f'QEMU reads {key} = "{spelled}" as {value}')
@@ -646,9 +622,7 @@ class _IniParser:
         try:
             if opts.kind == "set-state":
                 new_state = self._c_int(opts, "new_state", 0, MAX_STATE, 0)
-                return SetState(
-                    event=event, new_state=new_state, state=state, name=opts.name
-                )
+                return SetState(event=event, new_state=new_state, state=state, name=opts.name)
             err = self._c_int(opts, "errno", 0, MAX_ERRNO, errno_module.EIO)
             iotype = opts.values.get("iotype")
             return InjectError(
@@ -744,6 +718,8 @@ class _TomlLines:
                 end = n
                 break
         hits = self._find(rf"\s*{_key_pattern(key)}\s*[.=]", table_line, end)
+        if not hits:  # a sub-table: [inject-error.key]
+            hits = self._find(rf"\s*\[+[^\]]*\.\s*{_key_pattern(key)}\s*[.\]]", end)
         return hits[0] if hits else table_line
 
 
@@ -787,9 +763,7 @@ def _parse_toml(
     scratch = EventRegistry(registry.custom)
     events = doc.get("events", [])
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
-        raise fail(
-            where.top_key("events"), "events must be an array of event names (strings)"
-        )
+        raise fail(where.top_key("events"), "events must be an array of event names (strings)")
     for name in events:
         try:
             scratch.register(name)
@@ -808,9 +782,7 @@ def _parse_toml(
         for i, table in enumerate(tables):
             line = headers[i] if i < len(headers) else where.top_key(kind)
             if not isinstance(table, dict):
-                raise fail(
-                    line, f"{kind} entries must be tables, not {_type_name(table)}"
-                )
+                raise fail(line, f"{kind} entries must be tables, not {_type_name(table)}")
             rule = _toml_rule(kind, table, line, where, scratch, fail)
             placed.append((line or 0, kind_no, i, rule))
     for name in events:
@@ -863,9 +835,7 @@ def _toml_rule(
                 f"[[{kind}]]: unknown key {key!r} (allowed: {', '.join(allowed)})",
             )
         types, wanted = _TOML_TYPES[key]
-        ok = isinstance(value, types) and not (
-            isinstance(value, bool) and bool not in types
-        )
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if ok and key == "iotype" and isinstance(value, list):
             ok = all(isinstance(v, str) for v in value)
         if not ok:
@@ -878,19 +848,20 @@ def _toml_rule(
     if table["event"] not in registry:
         raise fail(
             where.key_in_table(line, "event"),
-            f"[[{kind}]]: "
-            + unknown_name_message("event", table["event"], registry.names),
+            f"[[{kind}]]: " + unknown_name_message("event", table["event"], registry.names),
         )
     cls = InjectError if kind == "inject-error" else SetState
     try:
         return cls(**table)
     except RuleError as exc:
-        bad = next(
-            (k for k in table if re.search(rf"\b{re.escape(k)}\b", str(exc))), None
-        )
-        raise fail(
-            where.key_in_table(line, bad) if bad else line, f"[[{kind}]]: {exc}"
-        ) from None
+        # rules.py says "InjectError: <attribute> ..." (or "... invalid iotype").
+        text = re.sub(r"^(?:InjectError|SetState): ", "", str(exc))
+        m = re.match(r"(\w+)", text)
+        bad = m.group(1) if m and m.group(1) in table else None
+        if bad is None and "iotype" in text:
+            bad = "iotype"
+        at = where.key_in_table(line, bad) if bad else line
+        raise fail(at, f"[[{kind}]]: {text}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -930,9 +901,7 @@ def dump_ini(rules: Iterable[Rule]) -> str:
     seen: dict[str, set[str]] = {"inject-error": set(), "set-state": set()}
     for rule in _check_rules(rules):
         if rule.name is not None:
-            if len(rule.name) > _ID_MAX or not _id_wellformed(
-                rule.name.encode("utf-8")
-            ):
+            if len(rule.name) > _ID_MAX or not _id_wellformed(rule.name.encode("utf-8")):
                 raise RuleError(
                     f"{rule.kind} {rule.name!r}: a name written to an ini file becomes a QEMU id, "
                     f"which must start with a letter and contain only letters, digits, '-', '.' "
@@ -983,9 +952,7 @@ def _toml_str(value: str) -> str:
         elif ch == "\\":
             out.append("\\\\")
         elif ch in "\b\t\n\f\r":
-            out.append(
-                {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[ch]
-            )
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[ch])
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\u{code:04x}")
         else:
@@ -1018,9 +985,7 @@ def dump_toml(rules: Iterable[Rule], events: Sequence[str] = ()) -> str:
             out.append(f"state = {rule.state}")
         if isinstance(rule, InjectError):
             name = errno_name(rule.errno)
-            out.append(
-                f"errno = {_toml_str(name) if name.startswith('E') else rule.errno}"
-            )
+            out.append(f"errno = {_toml_str(name) if name.startswith('E') else rule.errno}")
             if rule.sector != -1:
                 out.append(f"sector = {rule.sector}")
             if rule.iotype != DEFAULT_IOTYPES:
@@ -1040,9 +1005,7 @@ def dump_toml(rules: Iterable[Rule], events: Sequence[str] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
-def save_rules(
-    rules: Iterable[Rule], path: PathLike, *, events: Sequence[str] = ()
-) -> None:
+def save_rules(rules: Iterable[Rule], path: PathLike, *, events: Sequence[str] = ()) -> None:
     """Write the rules to ``path`` (ini or TOML by suffix), atomically.
 
     The text goes to a temporary file in the same directory, which then
