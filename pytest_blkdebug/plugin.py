@@ -1,3 +1,869 @@
-"""pytest glue for pytest-blkdebug (fixtures, markers, options, reports)."""
+"""The pytest plugin: disks as fixtures, rules as markers, state in every report.
+
+A thin layer over the library (``Disk``, ``Engine``, rule files): it turns
+options and markers into rules, makes a fresh image and engine for each test,
+and puts what the engine saw into the test's report. Layout after
+pytest-timeout: one help text per option shared by the command-line flag and
+the ini key, precedence command line > ini > default, a marker per test, and
+hook specs with default implementations (``hookspecs.py``).
+
+Per-test work is kept small because a suite may build thousands of disks:
+rule files are parsed once per session (cached by path, mtime and the events
+they were read with), an image is one ``ftruncate``, and the report section
+is only formatted when it will be shown.
+"""
 
 from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import hookspecs
+from .disk import Disk, copy_image, parse_size
+from .engine import Engine, Hold
+from .errors import RuleError
+from .events import EventRegistry
+from .report import format_report, format_size, report_properties
+from .rules import Rule, make_rule
+
+__all__ = ["DiskFactory", "Settings", "blkdebug_disk", "blkdebug_disk_factory", "blkdebug_nbd"]
+
+REPORT_MODES = ("failed", "all", "none")
+DEFAULT_IMAGE_SIZE = "64M"
+DEFAULT_WAIT_TIMEOUT = 5.0
+SECTION = "blkdebug"
+RULE_MARKERS = ("inject_error", "set_state", "blkdebug_rules")
+CONFIG_MARKER = "blkdebug"
+BLKDEBUG_MARKER_ARGS = ("size", "events", "template", "strict", "name", "rules", "wait_timeout")
+
+# One help text per option, shared by the command-line flag and the ini key.
+RULES_HELP = (
+    "Rule files (QEMU blkdebug .ini/.cfg/.conf or .toml) applied to every disk, in order. "
+    "ini: paths relative to the ini file; command line: relative to the current directory, "
+    "repeatable, and APPENDED after the ini's files (use -o blkdebug_rules= to drop those)."
+)
+EVENTS_HELP = (
+    "Custom event names every disk accepts besides QEMU's 48 (e.g. journal_commit). "
+    "Command line: repeatable or comma-separated, added to the ini's names."
+)
+SIZE_HELP = f"Size of each test's image: bytes or a K/M/G/T suffix (default: {DEFAULT_IMAGE_SIZE})."
+REPORT_HELP = (
+    "When a test's report gets the 'blkdebug' section (state, history, rules, trace): "
+    "'failed' (default; passing tests too with -rA), 'all', or 'none'."
+)
+STRICT_HELP = (
+    "Fail a test at teardown when one of its rules never fired "
+    "(opt out per test: @pytest.mark.blkdebug(strict=False)). Default: off."
+)
+WAIT_TIMEOUT_HELP = (
+    f"Default timeout in seconds of disk.wait_break() (default: {DEFAULT_WAIT_TIMEOUT:g})."
+)
+NO_RULES_HELP = (
+    "Make the disks but load no rules at all (files, markers, factory rules): "
+    "shows which tests depend on their injected faults."
+)
+
+
+# ---------------------------------------------------------------------------
+# Options and settings
+# ---------------------------------------------------------------------------
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("blkdebug", "block error injection (pytest-blkdebug)")
+    group.addoption(
+        "--blkdebug-rules",
+        action="append",
+        dest="blkdebug_rules",
+        metavar="FILE",
+        default=None,
+        help=RULES_HELP,
+    )
+    parser.addini("blkdebug_rules", RULES_HELP, type="paths", default=[])
+    group.addoption(
+        "--blkdebug-events",
+        action="append",
+        dest="blkdebug_events",
+        metavar="NAME[,NAME]",
+        default=None,
+        help=EVENTS_HELP,
+    )
+    parser.addini("blkdebug_events", EVENTS_HELP, type="args", default=[])
+    group.addoption(
+        "--blkdebug-image-size",
+        dest="blkdebug_image_size",
+        metavar="SIZE",
+        default=None,
+        help=SIZE_HELP,
+    )
+    parser.addini("blkdebug_image_size", SIZE_HELP, default=None)
+    group.addoption(
+        "--blkdebug-report",
+        dest="blkdebug_report",
+        choices=REPORT_MODES,
+        default=None,
+        help=REPORT_HELP,
+    )
+    parser.addini("blkdebug_report", REPORT_HELP, default=None)
+    group.addoption(
+        "--blkdebug-strict",
+        dest="blkdebug_strict",
+        action="store_true",
+        default=None,
+        help=STRICT_HELP,
+    )
+    parser.addini("blkdebug_strict", STRICT_HELP, type="bool", default=False)
+    group.addoption(
+        "--blkdebug-wait-timeout",
+        dest="blkdebug_wait_timeout",
+        metavar="SECONDS",
+        default=None,
+        help=WAIT_TIMEOUT_HELP,
+    )
+    parser.addini("blkdebug_wait_timeout", WAIT_TIMEOUT_HELP, default=None)
+    group.addoption(
+        "--blkdebug-no-rules",
+        dest="blkdebug_no_rules",
+        action="store_true",
+        default=False,
+        help=NO_RULES_HELP,
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The session's options, resolved: command line > ini > default."""
+
+    rule_files: tuple[tuple[Path, str], ...]  # (absolute path, where it was configured)
+    events: tuple[str, ...]
+    image_size: int
+    report: str
+    strict: bool
+    wait_timeout: float
+    no_rules: bool
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        """Read and validate every option; a bad value is a ``pytest.UsageError``."""
+        opt = config.getoption
+        ini_name = config.inipath.name if config.inipath else "-o"
+        files = [(Path(p), f"blkdebug_rules ({ini_name})") for p in config.getini("blkdebug_rules")]
+        base = config.invocation_params.dir
+        files += [(base / p, "--blkdebug-rules") for p in opt("blkdebug_rules") or ()]
+        for path, origin in files:
+            if not path.is_file():
+                raise pytest.UsageError(f"{origin}: no such rule file: {path}")
+        events = list(config.getini("blkdebug_events"))
+        for value in opt("blkdebug_events") or ():
+            events += [n for n in re.split(r"[,\s]+", value) if n]
+        try:
+            EventRegistry(events)
+        except RuleError as exc:
+            raise pytest.UsageError(f"blkdebug_events / --blkdebug-events: {exc}") from None
+        size_text = _pick(
+            opt("blkdebug_image_size"), config.getini("blkdebug_image_size"), DEFAULT_IMAGE_SIZE
+        )
+        try:
+            size = parse_size(size_text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"blkdebug_image_size / --blkdebug-image-size: {exc}") from None
+        report = _pick(opt("blkdebug_report"), config.getini("blkdebug_report"), "failed")
+        if report not in REPORT_MODES:
+            raise pytest.UsageError(
+                f"blkdebug_report: invalid value {report!r} (allowed: {', '.join(REPORT_MODES)})"
+            )
+        try:
+            strict = bool(_pick(opt("blkdebug_strict"), config.getini("blkdebug_strict"), False))
+        except ValueError as exc:
+            raise pytest.UsageError(f"blkdebug_strict: {exc} (use true or false)") from None
+        timeout_text = _pick(
+            opt("blkdebug_wait_timeout"),
+            config.getini("blkdebug_wait_timeout"),
+            DEFAULT_WAIT_TIMEOUT,
+        )
+        try:
+            wait_timeout = float(timeout_text)
+            if not wait_timeout > 0:
+                raise ValueError
+        except ValueError:
+            raise pytest.UsageError(
+                f"blkdebug_wait_timeout / --blkdebug-wait-timeout: invalid "
+                f"value {timeout_text!r} (a number of seconds > 0)"
+            ) from None
+        return cls(
+            tuple(files),
+            tuple(events),
+            size,
+            report,
+            strict,
+            wait_timeout,
+            bool(opt("blkdebug_no_rules")),
+        )
+
+
+def _pick(cli: Any, ini: Any, default: Any) -> Any:
+    """Command line > ini > default (an empty ini value counts as unset)."""
+    if cli is not None:
+        return cli
+    if ini is not None and ini != "":
+        return ini
+    return default
+
+
+def _show_passes(config: pytest.Config) -> bool:
+    """Whether ``-r`` asks for passed tests' sections (``P``, or ``A``; ``N`` resets)."""
+    shown = False
+    for char in getattr(config.option, "reportchars", "") or "":
+        if char in "AP":
+            shown = True
+        elif char in "aN":
+            shown = False
+    return shown
+
+
+_SESSION = pytest.StashKey["_Session"]()
+_FACTORY = pytest.StashKey["DiskFactory"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "inject_error(event, **attrs): an inject-error rule for this test's blkdebug disks "
+        "(attrs: errno, sector, once, immediately, iotype, state, name).",
+    )
+    config.addinivalue_line(
+        "markers",
+        "set_state(event, new_state, **attrs): a set-state rule for this test's blkdebug "
+        "disks (attrs: state, name).",
+    )
+    config.addinivalue_line(
+        "markers",
+        "blkdebug_rules(*paths): rule files (QEMU ini or TOML) for this test's blkdebug "
+        "disks, relative to the test file's directory, then the rootdir.",
+    )
+    config.addinivalue_line(
+        "markers",
+        "blkdebug(size=None, events=(), template=None, strict=None, name='disk', rules=True, "
+        "wait_timeout=None): configure this test's blkdebug disk (rules=False: ignore the "
+        "blkdebug_rules option's files).",
+    )
+    session = _Session(config, Settings.from_config(config))
+    config.stash[_SESSION] = session
+    config.pluginmanager.register(session, "blkdebug-session")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION, None)
+    if session is not None and config.pluginmanager.is_registered(session):
+        config.pluginmanager.unregister(session)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_blkdebug_make_image(
+    item: pytest.Item, path: str, size: int, template: str | None
+) -> str:
+    """The default image: a sparse file, or a cheap copy of the template."""
+    if template is not None:
+        copy_image(template, path)
+        os.truncate(path, size)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Session: rule file cache, report header, never-fired summary
+# ---------------------------------------------------------------------------
+
+_GENERATED_NAME = re.compile(r"^(?:inject-error|set-state)#\d+$")
+_HITS_PROPERTY = re.compile(r"^blkdebug(?:\[(?P<disk>[^\]]*)\])?\.rule\.(?P<rule>.+)\.hits$")
+
+
+class _Session:
+    """Per-session state (one per ``pytest.Config``, nothing global)."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.show_passes = settings.report == "all" or (
+            settings.report == "failed" and _show_passes(config)
+        )
+        self._files: dict[tuple[Any, ...], tuple[list[Rule], tuple[str, ...]]] = {}
+        self._dir_events: dict[Path, tuple[str, ...]] = {}
+        # (disk label, rule name[, nodeid]) -> [total hits, nodeids]
+        self.rule_hits: dict[tuple[str, ...], list[Any]] = {}
+        self.passed_sections: list[tuple[str, str]] = []
+
+    def load_file(self, path: Path, registry: EventRegistry) -> list[Rule]:
+        """Rules of one file, parsed once per session; a TOML file's ``events``
+        are registered in ``registry``."""
+        from .rulefile import load_rules
+
+        st = path.stat()
+        before = registry.custom
+        key = (str(path), st.st_mtime_ns, st.st_size, before)
+        cached = self._files.get(key)
+        if cached is None:
+            rules = load_rules(path, registry=registry)
+            cached = self._files[key] = (rules, registry.custom[len(before) :])
+        else:
+            for name in cached[1]:
+                registry.register(name)
+        return cached[0]
+
+    def hook_events(self, item: pytest.Item, ihook: Any) -> tuple[str, ...]:
+        """``pytest_blkdebug_register_events`` results, once per directory."""
+        folder = item.path.parent
+        found = self._dir_events.get(folder)
+        if found is None:
+            found = tuple(
+                n
+                for names in ihook.pytest_blkdebug_register_events(config=self.config)
+                for n in names or ()
+            )
+            self._dir_events[folder] = found
+        return found
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        s = self.settings
+        root = config.rootpath
+        if s.no_rules:
+            rules = "NO RULES (--blkdebug-no-rules: disks are made, no rule is loaded)"
+        elif s.rule_files:
+            by_origin: dict[str, list[str]] = {}
+            for path, origin in s.rule_files:
+                by_origin.setdefault(origin, []).append(_relative(path, root))
+            rules = "rules from " + "; ".join(f"{o}: {', '.join(p)}" for o, p in by_origin.items())
+        else:
+            rules = "rules from markers only"
+        events = f", events={','.join(s.events)}" if s.events else ""
+        return (
+            f"blkdebug: {rules}; report={s.report}, strict={'on' if s.strict else 'off'}, "
+            f"image size={format_size(s.image_size)}, wait timeout={s.wait_timeout:g}s{events}"
+        )
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" and report.passed and self.settings.report == "all":
+            for name, text in report.sections:
+                if name == SECTION:
+                    self.passed_sections.append((report.nodeid, text))
+        if report.when != "teardown":
+            return
+        for prop, value in report.user_properties:
+            match = _HITS_PROPERTY.match(str(prop))
+            if match is None:
+                continue
+            rule = match["rule"]
+            key: tuple[str, ...] = (match["disk"] or "", rule)
+            if _GENERATED_NAME.match(rule):  # positions differ between tests
+                key += (report.nodeid,)
+            entry = self.rule_hits.setdefault(key, [0, []])
+            entry[0] += int(value)
+            entry[1].append(report.nodeid)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.passed_sections and "P" not in terminalreporter.reportchars:
+            terminalreporter.write_sep("=", "blkdebug reports of passed tests")
+            for nodeid, text in self.passed_sections:
+                terminalreporter.write_sep("-", nodeid)
+                terminalreporter.write_line(text)
+        unfired = [(key, nodeids) for key, (hits, nodeids) in self.rule_hits.items() if not hits]
+        if not unfired:
+            return
+        terminalreporter.write_sep("=", "blkdebug: rules that never fired")
+        for key, nodeids in unfired:
+            disk = f"[{key[0]}] " if key[0] else ""
+            if len(key) == 3:
+                terminalreporter.write_line(f"{disk}{key[1]} in {key[2]}")
+                continue
+            shown = ", ".join(nodeids[:3]) + (", ..." if len(nodeids) > 3 else "")
+            tests = "1 test" if len(nodeids) == 1 else f"{len(nodeids)} tests"
+            terminalreporter.write_line(f"{disk}{key[1]}: 0 hits in {tests} ({shown})")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------
+# Markers -> a test's plan
+# ---------------------------------------------------------------------------
+
+
+def _marks_as_written(item: pytest.Item) -> list[tuple[pytest.Mark, Any]]:
+    """This plugin's markers, module -> class -> function, each top to bottom.
+
+    pytest stores stacked decorators bottom-up (the one nearest the function
+    is applied first); a ``pytestmark = [...]`` list is kept as written. A
+    decorator stores ``Mark`` objects, a list holds ``MarkDecorator``s, which
+    is how the two are told apart.
+    """
+    names = (*RULE_MARKERS, CONFIG_MARKER)
+    result: list[tuple[pytest.Mark, Any]] = []
+    for node in item.listchain():
+        own = [m for m in node.own_markers if m.name in names]
+        if len(own) > 1 and isinstance(node, (pytest.Class, pytest.Function)):
+            own = _decorator_order(node.obj, own)
+        result.extend((m, node) for m in own)
+    return result
+
+
+def _decorator_order(obj: Any, own: list[pytest.Mark]) -> list[pytest.Mark]:
+    if isinstance(obj, type):
+        raws = [k.__dict__.get("pytestmark") for k in obj.__mro__]
+    else:
+        raws = [getattr(obj, "pytestmark", None)]
+    index = {id(m): i for i, m in enumerate(own)}
+    own = list(own)
+    for raw in raws:
+        if not isinstance(raw, list) or not all(isinstance(m, pytest.Mark) for m in raw):
+            continue
+        positions = [index[id(m)] for m in raw if id(m) in index]
+        for pos, mark in zip(sorted(positions), [own[p] for p in positions][::-1], strict=False):
+            own[pos] = mark
+    return own
+
+
+def _mark_text(mark: pytest.Mark, node: Any) -> str:
+    args = [repr(a) for a in mark.args] + [f"{k}={v!r}" for k, v in mark.kwargs.items()]
+    where = node.nodeid or str(getattr(node, "path", ""))
+    return f"@pytest.mark.{mark.name}({', '.join(args)}) [{where}]"
+
+
+class _MarkerError(Exception):
+    """A marker or option could not be turned into rules; fails the test at setup."""
+
+
+@dataclass
+class _Plan:
+    """What a test's markers ask for, resolved once per test."""
+
+    events: tuple[str, ...]
+    rules: list[Rule]
+    sources: list[str]
+    size: int | None = None
+    template: str | None = None
+    strict: bool = False
+    name: str = "disk"
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve_path(value: object, item: pytest.Item, what: str) -> Path:
+    """A path from a marker or factory call: absolute, else relative to the
+    test file's directory, else to the rootdir."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise _MarkerError(f"{what}: expected a path, not {value!r}")
+    path = Path(value)
+    candidates = (
+        [path] if path.is_absolute() else [item.path.parent / path, item.config.rootpath / path]
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise _MarkerError(
+        f"{what}: no such file {os.fspath(value)!r} (looked for "
+        f"{' and '.join(str(c) for c in candidates)})"
+    )
+
+
+def _build_plan(item: pytest.Item, session: _Session, ihook: Any) -> _Plan:
+    settings = session.settings
+    marks = _marks_as_written(item)
+    options: dict[str, Any] = {}
+    for mark, node in marks:
+        if mark.name != CONFIG_MARKER:
+            continue
+        text = _mark_text(mark, node)
+        if mark.args:
+            raise _MarkerError(
+                f"{text}: takes keyword arguments only (allowed: {', '.join(BLKDEBUG_MARKER_ARGS)})"
+            )
+        for key in mark.kwargs:
+            if key not in BLKDEBUG_MARKER_ARGS:
+                raise _MarkerError(
+                    f"{text}: unknown argument {key!r} (allowed: {', '.join(BLKDEBUG_MARKER_ARGS)})"
+                )
+        options.update((k, (v, text)) for k, v in mark.kwargs.items())
+    plan = _Plan(
+        events=(), rules=[], sources=[], strict=settings.strict, wait_timeout=settings.wait_timeout
+    )
+    marker_events: list[str] = []
+    for key, (value, text) in options.items():
+        plan.options[key] = value
+        try:
+            if key == "size":
+                plan.size = parse_size(value)
+            elif key == "events":
+                marker_events = [value] if isinstance(value, str) else list(value)
+                EventRegistry(marker_events)
+            elif key == "template":
+                plan.template = str(_resolve_path(value, item, f"{text}: template"))
+            elif key in ("strict", "rules"):
+                if not isinstance(value, bool):
+                    raise ValueError(f"must be True or False, not {value!r}")
+                if key == "strict":
+                    plan.strict = value
+            elif key == "name":
+                _check_disk_name(value)
+                plan.name = value
+            elif key == "wait_timeout":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(f"must be a number of seconds > 0, not {value!r}")
+                plan.wait_timeout = float(value)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, _MarkerError):
+                raise
+            raise _MarkerError(f"{text}: argument {key!r}: {exc}") from None
+    registry = EventRegistry(settings.events)
+    try:
+        for name in session.hook_events(item, ihook):
+            registry.register(name)
+    except RuleError as exc:
+        raise _MarkerError(f"pytest_blkdebug_register_events: {exc}") from None
+    for name in marker_events:
+        registry.register(name)
+
+    def add(rules: Iterable[Rule], source: str) -> None:
+        for rule in rules:
+            plan.rules.append(rule)
+            plan.sources.append(source)
+
+    if plan.options.get("rules", True):
+        for path, origin in settings.rule_files:
+            try:
+                add(session.load_file(path, registry), f"{origin}: {path}")
+            except RuleError as exc:
+                raise _MarkerError(f"{origin}: {exc}") from None
+    for mark, node in marks:
+        if mark.name == CONFIG_MARKER:
+            continue
+        text = _mark_text(mark, node)
+        if mark.name == "blkdebug_rules":
+            if mark.kwargs or not mark.args:
+                raise _MarkerError(f"{text}: takes one or more rule file paths, positionally")
+            for value in mark.args:
+                path = _resolve_path(value, item, f"{text}: rule file")
+                try:
+                    add(session.load_file(path, registry), f"{text}: {path}")
+                except RuleError as exc:
+                    raise _MarkerError(f"{text}: {exc}") from None
+            continue
+        add([_marker_rule(mark, text, registry)], text)
+    _check_names(plan)
+    plan.events = tuple(registry.custom)
+    if settings.no_rules:
+        plan.rules, plan.sources = [], []
+    return plan
+
+
+def _marker_rule(mark: pytest.Mark, text: str, registry: EventRegistry) -> Rule:
+    """``inject_error(event, **attrs)`` / ``set_state(event, new_state, **attrs)``."""
+    kind = "inject-error" if mark.name == "inject_error" else "set-state"
+    positional = ("event",) if kind == "inject-error" else ("event", "new_state")
+    if len(mark.args) > len(positional):
+        raise _MarkerError(
+            f"{text}: takes at most {len(positional)} positional argument(s) "
+            f"({', '.join(positional)}); give the others by keyword"
+        )
+    attrs = dict(mark.kwargs)
+    for key, value in zip(positional, mark.args, strict=False):
+        if key in attrs:
+            raise _MarkerError(f"{text}: argument {key!r} given twice")
+        attrs[key] = value
+    try:
+        rule = make_rule(kind, attrs)
+        registry.check(rule.event)
+    except RuleError as exc:
+        raise _MarkerError(f"{text}: {exc}") from None
+    return rule
+
+
+def _check_names(plan: _Plan) -> None:
+    seen: dict[str, str] = {}
+    for position, (rule, source) in enumerate(zip(plan.rules, plan.sources, strict=False)):
+        name = rule.name or f"{rule.kind}#{position + 1}"
+        if name in seen:
+            raise _MarkerError(f"duplicate rule name {name!r}: from {seen[name]} and from {source}")
+        seen[name] = source
+
+
+def _check_disk_name(value: object) -> None:
+    if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
+        raise ValueError(f"must be a file name without '/', not {value!r}")
+
+
+# ---------------------------------------------------------------------------
+# The factory and the fixtures
+# ---------------------------------------------------------------------------
+
+
+class DiskFactory:
+    """``blkdebug_disk_factory``: call it for disks; each with the test's options.
+
+    ``factory(name=None, *, size=None, rules=None, events=(), template=None,
+    engine=None, share=False, wait_timeout=None) -> Disk``
+
+    - ``rules=None``: the test's rules (option files and markers) on a new
+      engine; a list of rules and/or rule file paths: those instead.
+    - ``engine=some_disk.engine`` or ``share=True`` (the test's first disk's
+      engine): the new disk shares state and rules with it; ``rules`` are
+      then added to that engine.
+    """
+
+    def __init__(self, item: pytest.Item, session: _Session, tmp_path: Path) -> None:
+        self.item = item
+        self.session = session
+        self.tmp_path = tmp_path
+        self.ihook = item.ihook
+        self.plan = _build_plan(item, session, self.ihook)
+        self.disks: list[Disk] = []
+        self._labels: dict[int, str] = {}  # id(engine) -> report label
+        self._engines: list[Engine] = []
+        self._holders: dict[int, list[Any]] = {}  # id(engine) -> [first disk, queued hits]
+        self.call_passed = False
+        hit_hook = self.ihook.pytest_blkdebug_rule_hit
+        self._hit_hook = hit_hook if hit_hook.get_hookimpls() else None
+
+    def __call__(
+        self,
+        name: str | None = None,
+        *,
+        size: int | str | None = None,
+        rules: Iterable[Rule | str | os.PathLike[str]] | None = None,
+        events: Iterable[str] = (),
+        template: str | os.PathLike[str] | None = None,
+        engine: Engine | None = None,
+        share: bool = False,
+        wait_timeout: float | None = None,
+    ) -> Disk:
+        if engine is not None and share:
+            raise ValueError("blkdebug_disk_factory: pass engine= or share=True, not both")
+        if share and self._engines:
+            engine = self._engines[0]
+        if name is None:
+            n = len(self.disks) + 1
+            name = self.plan.name if n == 1 else f"{self.plan.name}{n}"
+        _check_disk_name(name)
+        filename = name if "." in name else f"{name}.img"
+        path = self.tmp_path / filename
+        if any(d.path == str(path) for d in self.disks):
+            raise ValueError(f"blkdebug_disk_factory: this test already has a disk named {name!r}")
+        events = [events] if isinstance(events, str) else list(events)
+        if engine is None:
+            registry = EventRegistry((*self.plan.events, *events))
+            chosen = self.plan.rules if rules is None else self._load(rules, registry)
+            engine = Engine([] if self.session.settings.no_rules else chosen, registry=registry)
+            self._adopt(engine, name)
+        else:
+            for event in events:
+                engine.registry.register(event)
+            if rules is not None and not self.session.settings.no_rules:
+                engine.add_rules(self._load(rules, engine.registry))
+            if id(engine) not in self._labels:
+                self._adopt(engine, name)
+        tpl = (
+            self.plan.template
+            if template is None
+            else str(_resolve_path(template, self.item, "blkdebug_disk_factory: template"))
+        )
+        if size is not None:
+            nbytes = parse_size(size)
+        elif self.plan.size is not None:
+            nbytes = self.plan.size
+        elif tpl is not None:
+            nbytes = os.path.getsize(tpl)
+        else:
+            nbytes = self.session.settings.image_size
+        image = self.ihook.pytest_blkdebug_make_image(
+            item=self.item, path=str(path), size=nbytes, template=tpl
+        )
+        if image is None:
+            raise RuntimeError("pytest_blkdebug_make_image: every implementation returned None")
+        disk = Disk(image, engine=engine, wait_timeout=wait_timeout or self.plan.wait_timeout)
+        self.disks.append(disk)
+        holder = self._holders.get(id(engine))
+        if holder is not None and holder[0] is None:
+            holder[0] = disk
+            for rule_name in holder[1]:
+                self._hit_hook(item=self.item, disk=disk, rule_name=rule_name)  # type: ignore[misc]
+            holder[1].clear()
+        return disk
+
+    def _adopt(self, engine: Engine, name: str) -> None:
+        """Give a new engine its report label and, if wanted, the hit hook."""
+        self._labels[id(engine)] = "" if not self._engines else name
+        self._engines.append(engine)
+        if self._hit_hook is None:
+            return
+        # The open event may fire rules before the disk exists: queue those hits.
+        holder: list[Any] = [None, []]
+        hook, item = self._hit_hook, self.item
+
+        def observer(what: str, detail: object) -> None:
+            if what != "hit":
+                return
+            if holder[0] is None:
+                holder[1].append(detail)
+            else:
+                hook(item=item, disk=holder[0], rule_name=detail)
+
+        self._holders[id(engine)] = holder
+        engine.add_observer(observer)
+
+    def _load(
+        self, rules: Iterable[Rule | str | os.PathLike[str]], registry: EventRegistry
+    ) -> list[Rule]:
+        if isinstance(rules, (str, os.PathLike)):
+            rules = [rules]
+        result: list[Rule] = []
+        for entry in rules:
+            if isinstance(entry, (str, os.PathLike)):
+                try:
+                    path = _resolve_path(entry, self.item, "blkdebug_disk_factory: rules")
+                except _MarkerError as exc:
+                    raise FileNotFoundError(str(exc)) from None
+                result += self.session.load_file(path, registry)
+            else:
+                result.append(entry)
+        return result
+
+    # -- reporting -------------------------------------------------------------
+
+    def _groups(self) -> list[tuple[str, Engine, list[Disk]]]:
+        return [
+            (self._labels[id(e)], e, [d for d in self.disks if d.engine is e])
+            for e in self._engines
+        ]
+
+    def section(self) -> str:
+        """The text of the test's ``blkdebug`` report section."""
+        parts = []
+        for _label, engine, disks in self._groups():
+            if not disks:
+                continue
+            if len(disks) == 1:
+                title = f"disk {disks[0].path} ({format_size(disks[0].size)})"
+            else:
+                title = "disks sharing one engine: " + ", ".join(
+                    f"{d.path} ({format_size(d.size)})" for d in disks
+                )
+            parts.append(format_report(engine, title=title))
+        return "\n\n".join(parts)
+
+    def properties(self) -> list[tuple[str, int]]:
+        props: list[tuple[str, int]] = []
+        for label, engine, _disks in self._groups():
+            props += report_properties(engine, f"blkdebug[{label}]" if label else "blkdebug")
+        return props
+
+    # -- teardown ----------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Close every disk; fail (at teardown) on frozen requests and, in
+        strict mode, on rules that never fired."""
+        released: list[tuple[str, Hold]] = []
+        for disk in reversed(self.disks):
+            released += disk.close()
+        problems = _suspended_messages(released)
+        if self.plan.strict and self.call_passed:
+            unfired = [
+                f"blkdebug strict: rule {s.name!r} ({s.rule}) never fired"
+                + (f" on disk {label!r}" if label else "")
+                for label, engine, _disks in self._groups()
+                for s in engine.rules
+                if s.hits == 0
+            ]
+            if unfired:
+                problems += [
+                    *unfired,
+                    "(opt out for this test: @pytest.mark.blkdebug(strict=False))",
+                ]
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
+
+
+def _suspended_messages(released: Sequence[tuple[str, Hold]]) -> list[str]:
+    """One line per request a closing disk found frozen at a breakpoint."""
+    holds: dict[int, Hold] = {}
+    for _tag, hold in released:
+        holds.setdefault(id(hold), hold)
+    lines = []
+    for hold in holds.values():
+        tags = ", ".join(repr(t) for t in dict.fromkeys(hold.tags))
+        noun = "breakpoint" if len(set(hold.tags)) == 1 else "breakpoints"
+        lines.append(
+            f"a request was left suspended at {noun} {tags} "
+            f"({hold.operation} at {hold.event}); it was resumed at teardown"
+        )
+    return lines
+
+
+@pytest.fixture
+def blkdebug_disk_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DiskFactory]:
+    """Make disks (``factory(name=..., size=..., rules=..., engine=..., share=...)``),
+    each with the test's options; all are closed at teardown."""
+    item = request.node
+    try:
+        factory = DiskFactory(item, request.config.stash[_SESSION], tmp_path)
+    except _MarkerError as exc:
+        pytest.fail(f"blkdebug: {exc}", pytrace=False)
+    item.stash[_FACTORY] = factory
+    try:
+        yield factory
+    finally:
+        factory.finish()
+
+
+@pytest.fixture
+def blkdebug_disk(blkdebug_disk_factory: DiskFactory) -> Disk:
+    """A ``Disk`` on a fresh sparse image in ``tmp_path`` with the test's rules
+    (option files, then module, class and function markers as written)."""
+    try:
+        return blkdebug_disk_factory()
+    except (RuleError, ValueError, OSError) as exc:
+        pytest.fail(f"blkdebug: cannot make the test's disk: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def blkdebug_nbd(blkdebug_disk: Disk) -> Iterator[Any]:
+    """The test's disk exported over NBD (``.uri``, ``.socket``, ``.url_for("qemu")``)."""
+    with blkdebug_disk.serve_nbd() as export:
+        yield export
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    factory = item.stash.get(_FACTORY, None)
+    if factory is None or not factory.disks:
+        yield
+        return
+    if call.when == "teardown":
+        # JUnit XML reads properties from the teardown report, which copies
+        # item.user_properties when it is made: add them before that.
+        item.user_properties.extend(factory.properties())
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if call.when == "call":
+        factory.call_passed = report.passed
+    if factory.session.settings.report == "none":
+        return
+    if report.failed or (call.when == "call" and report.passed and factory.session.show_passes):
+        report.sections.append((SECTION, factory.section()))
