@@ -80,6 +80,10 @@ class RuleFileWarning(UserWarning):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {text}")
 
+    def __reduce__(self):  # type: ignore[override]
+        # Keep path/line/text across pickling (pytest-xdist, multiprocessing).
+        return (type(self), (self.path, self.line, self.text))
+
 
 class UnsupportedValueError(RuleFileError):
     """QEMU accepts this ini value, but pytest-blkdebug cannot model it.
@@ -240,7 +244,6 @@ class _Entry:
     key: bytes
     value: bytes
     line: int
-    first_line: int
 
 
 class _QDict:
@@ -254,10 +257,10 @@ class _QDict:
         """Store ``key``; return the entry it replaced, if any."""
         old = self._by_key.get(key)
         if old is not None:
-            previous = _Entry(old.key, old.value, old.line, old.first_line)
+            previous = _Entry(old.key, old.value, old.line)
             old.value, old.line = value, line
             return previous
-        entry = _Entry(key, value, line, line)
+        entry = _Entry(key, value, line)
         self._by_key[key] = entry
         self._buckets.setdefault(_tdb_hash(key) % _QDICT_BUCKETS, []).insert(0, entry)
         return None

@@ -546,6 +546,17 @@ def _byte_fuzz(rng: random.Random, data: bytes) -> bytes:
     return bytes(buf)
 
 
+def mutate(rng: random.Random, lines: list[str], count: int) -> list[str]:
+    """Apply ``count`` different mutations; one that finds nothing to change
+    (an earlier one removed its line) is skipped."""
+    for mutation in rng.sample(MUTATIONS, count):
+        try:
+            lines = mutation(rng, list(lines))
+        except IndexError:
+            pass
+    return lines
+
+
 def generate_cases() -> list[bytes]:
     rng = random.Random(SEED)
     cases: list[bytes] = list(SPECIALS) + VALUE_CASES
@@ -553,9 +564,7 @@ def generate_cases() -> list[bytes]:
         cases.append(_encode(list(template), rng))
     for _ in range(320):
         lines = list(rng.choice(TEMPLATES))
-        for mutation in rng.sample(MUTATIONS, rng.choice([1, 1, 1, 2, 2, 3])):
-            lines = mutation(rng, lines)
-        cases.append(_encode(lines, rng))
+        cases.append(_encode(mutate(rng, lines, rng.choice([1, 1, 1, 2, 2, 3])), rng))
     for _ in range(110):
         cases.append(_byte_fuzz(rng, _encode(list(rng.choice(TEMPLATES)), rng)))
     unique: list[bytes] = []

@@ -879,3 +879,11 @@ def test_fuzz_toml_tokens(tmp_path: Path, parts: list[str]) -> None:
 
 def test_deeply_nested_toml(tmp_path: Path) -> None:
     check_only_rule_file_errors(tmp_path / "deep.toml", b"x = " + b"[" * 100000 + b"]" * 100000)
+
+
+def test_warning_survives_pickling() -> None:
+    import pickle
+
+    warning = pickle.loads(pickle.dumps(RuleFileWarning("r.ini", 3, "duplicate key 'errno'")))
+    assert (warning.path, warning.line, warning.text) == ("r.ini", 3, "duplicate key 'errno'")
+    assert str(warning) == "r.ini:3: duplicate key 'errno'"
