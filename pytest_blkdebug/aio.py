@@ -27,7 +27,7 @@ from .disk import (
     extents,
 )
 from .engine import Hold
-from .errors import BreakpointTimeout, InjectedError
+from .errors import InjectedError
 from .events import FLUSH
 
 if TYPE_CHECKING:
@@ -53,18 +53,18 @@ class AsyncDisk:
                 pass
 
         hold.add_callback(wake)
-        timeout = self.disk.hold_timeout
+        disk = self.disk
+        disk._holds.add(hold)
         try:
-            await asyncio.wait_for(released, timeout)
+            await asyncio.wait_for(released, disk.hold_timeout)
         except asyncio.TimeoutError:
-            self.disk.engine.abandon(hold)
-            raise BreakpointTimeout(
-                f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} on "
-                f"event {hold.event!r} was not resumed within {timeout:g} s"
-            ) from None
+            disk._after_hold(hold, False)
         except asyncio.CancelledError:
-            self.disk.engine.abandon(hold)
+            disk.engine.abandon(hold)
             raise
+        finally:
+            disk._holds.discard(hold)
+        disk._after_hold(hold, True)
 
     async def _fire(self, events: tuple[str, ...], operation: str) -> None:
         engine = self.disk.engine
@@ -84,9 +84,18 @@ class AsyncDisk:
         if offset < 0 or length < 0 or offset + length > disk._limit:
             raise disk._bad_request(seq.operation, offset, length)
         await self._fire(seq.before, seq.operation)
-        if seq.dirties:
+        if seq.dirties and not seq.after:
             disk._dirty_event = disk._dirty_check = True
         await self._check(seq.iotype, seq.operation, offset, length)
+
+    async def _end(self, seq: Sequence) -> None:
+        """``after`` events, then dirty: QEMU bumps its write generation once
+        the request is over (see ``disk.Sequence``)."""
+        try:
+            await self._fire(seq.after, seq.operation)
+        finally:
+            if seq.dirties:
+                self.disk._dirty_event = self.disk._dirty_check = True
 
     async def read(self, offset: int, length: int) -> bytes:
         await self._begin(READ_SEQ, offset, length)
@@ -101,7 +110,7 @@ class AsyncDisk:
             await self._begin(WRITE_SEQ, offset, length)
             disk._pwrite(offset, data, length)
         finally:
-            await self._fire(WRITE_SEQ.after, "write")
+            await self._end(WRITE_SEQ)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         if self.disk._skip_empty("write_zeroes", offset, length):
@@ -110,7 +119,7 @@ class AsyncDisk:
             await self._begin(WRITE_ZEROES_SEQ, offset, length)
             _punch_hole(self.disk.fileno(), offset, length)
         finally:
-            await self._fire(WRITE_ZEROES_SEQ.after, "write_zeroes")
+            await self._end(WRITE_ZEROES_SEQ)
 
     async def discard(self, offset: int, length: int) -> None:
         if self.disk._skip_empty("discard", offset, length):

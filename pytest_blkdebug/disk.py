@@ -42,7 +42,9 @@ class Sequence:
     then (on success) the image is touched, then ``after`` events are raised
     whether or not the request failed. ``dirties`` marks operations after
     which a flush has work to do, failed or not (QEMU bumps its write
-    generation in either case).
+    generation in either case, once the request is over: after the ``after``
+    events, so a flush beside a write held at ``pwritev_done`` finds the
+    disk clean).
     """
 
     operation: str
@@ -171,12 +173,14 @@ class Disk:
         self._limit = self.size
         # QEMU tracks dirtiness per node: the raw format node decides whether
         # flush raises flush_to_disk; the blkdebug node whether the flush is
-        # checked. They differ only after a zero-length write-zeroes or
-        # discard, which dirties the format node without reaching blkdebug.
+        # checked. They differ only after a zero-length discard, which
+        # dirties the format node without reaching blkdebug.
         self._dirty_event = False
         self._dirty_check = False
         self._closed = False
+        self._holds: set[Hold] = set()  # this disk's requests waiting at breakpoints
         self._aio: AsyncDisk | None = None
+        engine.attach()
         if not engine.opened:
             engine.opened = True
             self._wait(engine.fire("none", "open"))
@@ -246,7 +250,20 @@ class Disk:
         """Block this thread while a breakpoint holds its request."""
         if hold is None:
             return
-        if not hold.wait(self.hold_timeout):
+        self._holds.add(hold)
+        try:
+            released = hold.wait(self.hold_timeout)
+        finally:
+            self._holds.discard(hold)
+        self._after_hold(hold, released)
+
+    def _after_hold(self, hold: Hold, released: bool) -> None:
+        if self._closed:  # close() resumed it: the image is gone, do not touch it
+            raise ValueError(
+                f"disk {self.path} was closed while its {hold.operation} was held at "
+                f"breakpoint {', '.join(map(repr, hold.tags))}"
+            )
+        if not released:
             self.engine.abandon(hold)
             raise BreakpointTimeout(
                 f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} "
@@ -270,7 +287,7 @@ class Disk:
         for event in seq.before:
             if event in engine.live_events:
                 self._wait(engine.fire(event, seq.operation))
-        if seq.dirties:
+        if seq.dirties and not seq.after:
             self._dirty_event = self._dirty_check = True
         slot = engine.check(seq.iotype, offset, length)
         if slot is not None:
@@ -278,9 +295,13 @@ class Disk:
 
     def _end(self, seq: Sequence) -> None:
         engine = self.engine
-        for event in seq.after:
-            if event in engine.live_events:
-                self._wait(engine.fire(event, seq.operation))
+        try:
+            for event in seq.after:
+                if event in engine.live_events:
+                    self._wait(engine.fire(event, seq.operation))
+        finally:
+            if seq.dirties:
+                self._dirty_event = self._dirty_check = True
 
     # read and write are READ_SEQ and WRITE_SEQ unrolled by hand: they are the
     # hot path, and a loop over a one-event tuple costs a tenth of a read.
@@ -322,6 +343,7 @@ class Disk:
             raise self._bad_request("write", offset, length)
         engine = self.engine
         live = engine.live_events
+        reached = False
         try:
             if "write_aio" in live:
                 hold = engine.fire("write_aio", "write")
@@ -331,7 +353,7 @@ class Disk:
                 hold = engine.fire("pwritev", "write")
                 if hold is not None:
                     self._wait(hold)
-            self._dirty_event = self._dirty_check = True
+            reached = True
             match = engine.matchers[WRITE]
             if match is not None and match(offset, length):
                 slot = engine.decide(WRITE, offset, length)
@@ -340,10 +362,14 @@ class Disk:
             if os.pwrite(self._fd, data, offset) < length:
                 self._pwrite(offset, data, length)  # short write: finish it
         finally:
-            if "pwritev_done" in engine.live_events:
-                hold = engine.fire("pwritev_done", "write")
-                if hold is not None:
-                    self._wait(hold)
+            try:
+                if "pwritev_done" in engine.live_events:
+                    hold = engine.fire("pwritev_done", "write")
+                    if hold is not None:
+                        self._wait(hold)
+            finally:
+                if reached:  # dirty once the request is over (see Sequence)
+                    self._dirty_event = self._dirty_check = True
 
     def write_zeroes(self, offset: int, length: int) -> None:
         """Zero a range (events: pwritev_zero, pwritev_done)."""
@@ -365,15 +391,19 @@ class Disk:
     def _skip_empty(self, operation: str, offset: int, length: int) -> bool:
         """Range-check a write-zeroes or discard; True if it is empty.
 
-        QEMU's format layer finishes an empty one itself: nothing reaches
-        blkdebug (no event, no check), yet its write generation moves on, so
-        the next flush raises flush_to_disk without being checked.
+        QEMU's block layer finishes an empty one itself: nothing reaches
+        blkdebug (no event, no check). An empty discard still moves the format
+        node's write generation on, so the next flush raises flush_to_disk
+        without being checked; an empty write-zeroes returns before that and
+        leaves the disk as clean as it was (qemu-io 7.2, seen by the
+        conformance tests).
         """
         if offset < 0 or length < 0 or offset + length > self._limit:
             raise self._bad_request(operation, offset, length)
         if length:
             return False
-        self._dirty_event = True
+        if operation == "discard":
+            self._dirty_event = True
         return True
 
     def flush(self) -> None:
@@ -472,9 +502,10 @@ class Disk:
         """
         if self._closed:
             return []
-        released = self.engine.release_all()
         self._closed = True
         self._limit = -1
+        released = self.engine.release(list(self._holds))
+        released += self.engine.detach()
         os.close(self._fd)
         return released
 

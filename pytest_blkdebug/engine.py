@@ -333,6 +333,7 @@ class Engine:
         self._trace_append = self._trace.append
         self._observers: list[Observer] = []
         self.opened = False
+        self._users = 0  # disks attached (several may share one engine)
         self.add_rules(rules)
 
     # -- rules -------------------------------------------------------------
@@ -622,21 +623,23 @@ class Engine:
     def wait_break(self, tag: str, timeout: float) -> None:
         """Block until a request is suspended under ``tag``; BreakpointTimeout
         (naming the tag and the events seen meanwhile) after ``timeout`` s."""
-        mark = len(self._trace)
         seen_before = list(self._trace)
         deadline = time.monotonic() + timeout
         with self._lock:
             while not self.is_suspended(tag):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise BreakpointTimeout(self._wait_message(tag, timeout, seen_before, mark))
+                    break
                 self._cond.wait(remaining)
+            else:
+                return
+        raise BreakpointTimeout(self._wait_message(tag, timeout, seen_before))
 
-    def _wait_message(self, tag: str, timeout: float, before: list[tuple], mark: int) -> str:
+    def _wait_message(self, tag: str, timeout: float, before: list[tuple]) -> str:
         now = list(self._trace)
         # The trace is a bounded deque: take what is new since the wait began.
         new = now[len(before) :] if now[: len(before)] == before else now
-        events = [raw[1] for raw in new if raw[0] == "event"]
+        events = [raw[1] if raw[0] == "event" else IOTYPES[raw[0]] for raw in new]
         pending = [f"{t} on {e}" for e, t in self.pending_breakpoints if t == tag]
         seen = ", ".join(events[-20:]) if events else "none"
         where = (
@@ -646,7 +649,7 @@ class Engine:
         )
         return (
             f"no request was suspended under tag {tag!r} within {timeout:g} s "
-            f"(events seen meanwhile: {seen}{where})"
+            f"(events and requests seen meanwhile: {seen}{where})"
         )
 
     def abandon(self, hold: Hold) -> None:
@@ -654,18 +657,36 @@ class Engine:
         with self._lock:
             self._suspended = [e for e in self._suspended if e.hold is not hold]
 
-    def release_all(self) -> list[tuple[str, Hold]]:
-        """Resume everything suspended and drop pending breakpoints (teardown)."""
+    def release(self, holds: Iterable[Hold]) -> list[tuple[str, Hold]]:
+        """Resume the given held requests (a closing disk's own), whatever
+        their tags; returns the (tag, hold) entries it resumed."""
+        wanted = set(holds)
         with self._lock:
-            entries, self._suspended = self._suspended, []
-            for event, plan in list(self._plans.items()):
-                plan.breakpoints.clear()
-                if not plan:
-                    del self._plans[event]
+            entries = [e for e in self._suspended if e.hold in wanted]
+            self._suspended = [e for e in self._suspended if e.hold not in wanted]
         for entry in entries:
             self._notify("resume", entry.tag)
             entry.hold._advance()
         return [(e.tag, e.hold) for e in entries]
+
+    def attach(self) -> None:
+        """A disk starts using this engine."""
+        with self._lock:
+            self._users += 1
+
+    def detach(self) -> list[tuple[str, Hold]]:
+        """A disk stops using this engine. When the last one goes, resume
+        everything still suspended and drop the pending breakpoints."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return []
+            holds = [e.hold for e in self._suspended]
+            for event, plan in list(self._plans.items()):
+                plan.breakpoints.clear()
+                if not plan:
+                    del self._plans[event]
+        return self.release(holds)
 
 
 def _trace_entry(raw: tuple) -> TraceEntry:
