@@ -356,7 +356,7 @@ class _Connection:
         self._followers = 0  # held requests whose threads have handed over
         self._reading = True
         self._closed = False
-        self._threads: list[threading.Thread] = []
+        self._leader_thread: threading.Thread | None = None
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -364,14 +364,17 @@ class _Connection:
         self._spawn(self._run)
 
     def _spawn(self, target: object) -> None:
+        """Start a thread that becomes this connection's leader."""
         thread = threading.Thread(target=target, daemon=True, name="nbd-conn")  # type: ignore[arg-type]
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        self._leader_thread = thread
         thread.start()
 
     def join(self, timeout: float) -> None:
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join(timeout)
+        """Wait for the current leader (threads held at breakpoints are the
+        test's business: they end when it resumes them)."""
+        thread = self._leader_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def abort(self) -> None:
         """Server shutdown: wake the leader and any blocked send."""
