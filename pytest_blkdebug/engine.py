@@ -32,7 +32,7 @@ _NO_RULE = 1 << 62  # position sentinel: larger than any definition position
 # Sector rules are bucketed by 4 KiB page of image: a request looks only at the
 # buckets it overlaps (one, for an aligned request of up to 4 KiB), so
 # the check costs the same with a thousand armed sector rules as with none.
-_BUCKET_SHIFT = 12
+_BUCKET_SHIFT = 12  # also spelled out in _matcher's closure
 TRACE_LENGTH = 64
 HISTORY_LENGTH = 256
 
@@ -134,6 +134,23 @@ def _overlapping(
     return [buckets[b] for b in keys if b in buckets]
 
 
+def _holding(slots: list[_Slot], state: int) -> list[_Slot]:
+    """The rules whose state condition holds. A helper, not an inline
+    comprehension, because a comprehension in ``fire`` would make ``state`` a
+    closure cell there and slow every event down."""
+    return [s for s in slots if s.state == 0 or s.state == state]
+
+
+def _any_within(entries: tuple[tuple[int, int], ...], offset: int, end: int) -> bool:
+    return any(offset <= o < end for o, _ in entries)
+
+
+def _any_overlapping(
+    buckets: dict[int, tuple[tuple[int, int], ...]], offset: int, end: int
+) -> bool:
+    return any(_any_within(entries, offset, end) for entries in _overlapping(buckets, offset, end))
+
+
 def _always(offset: int, length: int) -> bool:
     return True
 
@@ -151,21 +168,16 @@ def _matcher(
     if not buckets:
         return None
     get = buckets.get
-    shift = _BUCKET_SHIFT
 
+    # No generator expressions in here: one would turn offset and length into
+    # closure cells and double the cost of this, the hottest function.
     def could_match(offset: int, length: int) -> bool:
-        if length <= 0:
-            return False
-        end = offset + length
-        first = offset >> shift
-        if first == (end - 1) >> shift:  # the usual case: one page, one lookup
-            entries = get(first)
-            if entries is None:
-                return False
-            return any(offset <= o < end for o, _ in entries)
-        return any(
-            offset <= o < end for entries in _overlapping(buckets, offset, end) for o, _ in entries
-        )
+        page = offset >> 12  # _BUCKET_SHIFT, spelled out: a constant is faster than a cell
+        if length > 0 and page == (offset + length - 1) >> 12:
+            # The usual case: the request stays within one page, one lookup.
+            entries = get(page)
+            return entries is not None and _any_within(entries, offset, offset + length)
+        return length > 0 and _any_overlapping(buckets, offset, offset + length)
 
     return could_match
 
@@ -470,7 +482,7 @@ class Engine:
                 # the index for (event, state) is built once and reused.
                 group = plan.groups.get(state)
                 if group is None:
-                    members = [s for s in plan.injects if s.state == 0 or s.state == state]
+                    members = _holding(plan.injects, state)  # not inline: see _holding
                     if members:
                         group = plan.groups[state] = _ArmGroup(_ActiveIndex(members))
                 if group is not None:
