@@ -25,6 +25,12 @@ class RuleFileError(RuleError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # type: ignore[override]
+        # The default pickling passes only the formatted text back to
+        # __init__, which needs three arguments; pytest-xdist and
+        # multiprocessing send errors between processes.
+        return (type(self), (self.path, self.line, self.message))
+
 
 class InjectedError(OSError):
     """A request failed because a rule told it to.

@@ -887,3 +887,38 @@ def test_warning_survives_pickling() -> None:
     warning = pickle.loads(pickle.dumps(RuleFileWarning("r.ini", 3, "duplicate key 'errno'")))
     assert (warning.path, warning.line, warning.text) == ("r.ini", 3, "duplicate key 'errno'")
     assert str(warning) == "r.ini:3: duplicate key 'errno'"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "cls", "line"),
+    [
+        pytest.param(
+            "bad.ini", '[inject-error]\n  event = "nope"\n', RuleFileError, 2, id="ini-error"
+        ),
+        pytest.param(
+            "wide.ini",
+            '[inject-error]\n  event = "read_aio"\n  errno = "-1"\n',
+            UnsupportedValueError,
+            3,
+            id="unsupported",
+        ),
+        pytest.param("rules.txt", "", RuleFileError, None, id="no-line"),
+    ],
+)
+def test_rule_file_error_survives_pickling(
+    tmp_path: Path, name: str, data: str, cls: type[RuleFileError], line: int | None
+) -> None:
+    # Errors from real loads, as pytest-xdist and multiprocessing pickle
+    # them; an UnsupportedValueError must come back as that subclass.
+    import pickle
+
+    with pytest.raises(RuleFileError) as info:
+        load_rules(write(tmp_path, name, data))
+    error = info.value
+    assert type(error) is cls
+    assert error.line == line
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert (copy.path, copy.line, copy.message) == (error.path, error.line, error.message)
+    assert copy.path.endswith(name)
+    assert str(copy) == str(error)
