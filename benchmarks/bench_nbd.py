@@ -51,9 +51,9 @@ def make_image(path: str, size: int) -> None:
 
 
 def start_blkdebug(image: str) -> Server:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest_blkdebug.nbd", image], stdout=subprocess.PIPE, text=True
-    )
+    exe = shutil.which("blkdebug-nbd")
+    command = [exe] if exe else [sys.executable, "-m", "pytest_blkdebug.nbd"]
+    proc = subprocess.Popen([*command, image], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     uri = proc.stdout.readline().strip()
     if not uri.startswith("nbd"):

@@ -784,7 +784,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--name", default="", help="export name (default: empty)")
     parser.add_argument("--readonly", action="store_true", help="refuse writes (EPERM)")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="fdatasync on every successful flush (default: the page cache is enough)",
+    )
     args = parser.parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        # It serves until SIGINT/SIGTERM, and only the main thread gets signals.
+        print("blkdebug-nbd: main() must run in the main thread", file=sys.stderr)
+        return 2
 
     registry = EventRegistry()
     try:
@@ -795,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in args.rules:
             rules += load_rules(path, registry=registry)
         engine = Engine(rules, registry=registry)
-        disk = Disk.open(args.image, engine=engine, readonly=args.readonly)
+        disk = Disk.open(args.image, engine=engine, readonly=args.readonly, durable=args.durable)
     except (OSError, ValueError) as exc:  # RuleError/RuleFileError are ValueErrors
         print(f"blkdebug-nbd: {exc}", file=sys.stderr)
         return 1

@@ -410,12 +410,21 @@ def test_main_in_process_with_custom_events(tmp_path, capsys):
     image.write_bytes(bytes(8192))
     rules = tmp_path / "r.toml"
     rules.write_text('[[set-state]]\nevent = "journal_commit"\nnew_state = 3\nname = "j"\n')
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        assert main(["--events", "journal_commit", "--rules", str(rules), str(image)]) == 0
-    finally:
-        timer.cancel()
+    original = signal.getsignal(signal.SIGTERM)
+
+    def stop_when_serving() -> None:
+        # SIGTERM only once main() has its handler in place (else it would
+        # kill this test process); the URI may or may not be out by then.
+        deadline = time.monotonic() + 30
+        while signal.getsignal(signal.SIGTERM) is original and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_when_serving, daemon=True)
+    stopper.start()
+    assert main(["--events", "journal_commit", "--rules", str(rules), str(image)]) == 0
+    stopper.join(10)
+    assert signal.getsignal(signal.SIGTERM) is original  # main() restored it
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("nbd+unix:///?socket=")
     assert out[1] == "final state: 1"
