@@ -634,8 +634,8 @@ class Engine:
 
     def wait_break(self, tag: str, timeout: float) -> None:
         """Block until a request is suspended under ``tag``; BreakpointTimeout
-        (naming the tag and the events seen meanwhile) after ``timeout`` s."""
-        seen_before = list(self._trace)
+        (naming the tag, the recent events and requests, and whether the
+        breakpoint is still pending) after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while not self.is_suspended(tag):
@@ -645,23 +645,20 @@ class Engine:
                 self._cond.wait(remaining)
             else:
                 return
-        raise BreakpointTimeout(self._wait_message(tag, timeout, seen_before))
+        raise BreakpointTimeout(self._wait_message(tag, timeout))
 
-    def _wait_message(self, tag: str, timeout: float, before: list[tuple]) -> str:
-        now = list(self._trace)
-        # The trace is a bounded deque: take what is new since the wait began.
-        new = now[len(before) :] if now[: len(before)] == before else now
-        events = [raw[1] if raw[0] == "event" else IOTYPES[raw[0]] for raw in new]
+    def _wait_message(self, tag: str, timeout: float) -> str:
+        recent = [raw[1] if raw[0] == "event" else IOTYPES[raw[0]] for raw in list(self._trace)]
         pending = [f"{t} on {e}" for e, t in self.pending_breakpoints if t == tag]
-        seen = ", ".join(events[-20:]) if events else "none"
         where = (
-            f"; pending breakpoint: {', '.join(pending)}"
+            f"pending breakpoint: {', '.join(pending)}"
             if pending
-            else "; no breakpoint with that tag is pending"
+            else "no breakpoint with that tag is pending"
         )
+        seen = ", ".join(recent[-20:]) if recent else "none"
         return (
             f"no request was suspended under tag {tag!r} within {timeout:g} s "
-            f"(events and requests seen meanwhile: {seen}{where})"
+            f"({where}; recent events and requests: {seen})"
         )
 
     def abandon(self, hold: Hold) -> None:
