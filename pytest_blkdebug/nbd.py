@@ -366,15 +366,20 @@ class _Connection:
     def _spawn(self, target: object) -> None:
         """Start a thread that becomes this connection's leader."""
         thread = threading.Thread(target=target, daemon=True, name="nbd-conn")  # type: ignore[arg-type]
-        self._leader_thread = thread
         thread.start()
+        self._leader_thread = thread
 
     def join(self, timeout: float) -> None:
         """Wait for the current leader (threads held at breakpoints are the
         test's business: they end when it resumes them)."""
-        thread = self._leader_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        deadline = _now() + timeout
+        while True:
+            thread = self._leader_thread
+            if thread is None or thread is threading.current_thread():
+                return
+            thread.join(max(0.0, deadline - _now()))
+            if self._leader_thread is thread or _now() >= deadline:
+                return
 
     def abort(self) -> None:
         """Server shutdown: wake the leader and any blocked send."""
