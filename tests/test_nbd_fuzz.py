@@ -36,7 +36,7 @@ from pytest_blkdebug.nbd_protocol import NBDClient, ProtocolError
 
 SIZE = 1 << 20
 SETTINGS = settings(
-    max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
 
 
