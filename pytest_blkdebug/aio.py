@@ -145,7 +145,8 @@ class AsyncDisk:
     async def event(self, name: str) -> None:
         engine = self.disk.engine
         engine.registry.check(name)
-        engine.note_event(name)
+        if name not in engine.live_events:
+            engine.note_event(name)  # fire() traces only events with rules
         await self._wait(engine.fire(name, f"event {name}"))
 
     async def wait_break(self, tag: str, timeout: float | None = None) -> None:

@@ -151,6 +151,7 @@ class Disk:
         durable: bool = False,
         hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        size: int | None = None,
     ) -> None:
         self.path = os.fspath(path)
         if engine is None:
@@ -167,7 +168,10 @@ class Disk:
         self.hold_timeout = hold_timeout
         self.wait_timeout = wait_timeout
         self._fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
-        self.size = os.fstat(self._fd).st_size
+        #: The addressable size. Usually the file's size; a larger ``size``
+        #: suits files that grow (a database's journal): past the file's end
+        #: reads give zeroes and writes extend the file.
+        self.size = os.fstat(self._fd).st_size if size is None else size
         # Requests must end at or before _limit; close() sets it to -1 so the
         # range check, which every request pays anyway, also catches closed disks.
         self._limit = self.size
@@ -201,17 +205,7 @@ class Disk:
         ``template`` copies a prepared image instead (reflink or sparse copy)
         and then sets its size.
         """
-        nbytes = parse_size(size)
-        target = os.fspath(path)
-        if template is not None:
-            _copy_sparse(os.fspath(template), target)
-            os.truncate(target, nbytes)
-        else:
-            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.ftruncate(fd, nbytes)
-            finally:
-                os.close(fd)
+        target = create_image(path, parse_size(size), template)
         return cls(target, **kwargs)  # type: ignore[arg-type]
 
     @classmethod
@@ -433,9 +427,11 @@ class Disk:
 
     def event(self, name: str) -> None:
         """Announce your own I/O: raise ``name`` (registered events only)."""
-        self.engine.registry.check(name)
-        self.engine.note_event(name)
-        self._wait(self.engine.fire(name, f"event {name}"))
+        engine = self.engine
+        engine.registry.check(name)
+        if name not in engine.live_events:
+            engine.note_event(name)  # fire() traces only events with rules
+        self._wait(engine.fire(name, f"event {name}"))
 
     @property
     def dirty(self) -> bool:
@@ -517,6 +513,25 @@ class Disk:
 
     def __repr__(self) -> str:
         return f"<Disk {self.path} size={self.size} state={self.state}>"
+
+
+def create_image(
+    path: str | os.PathLike[str], size: int, template: str | os.PathLike[str] | None = None
+) -> str:
+    """Make a raw image of ``size`` bytes at ``path`` (replacing any file there):
+    sparse, so a 1 GiB image costs one ``ftruncate``; or a cheap copy of
+    ``template`` (reflink or sparse copy) set to ``size``."""
+    target = os.fspath(path)
+    if template is not None:
+        _copy_sparse(os.fspath(template), target)
+        os.truncate(target, size)
+        return target
+    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    return target
 
 
 def extents(fd: int, offset: int, length: int) -> list[Extent]:

@@ -327,6 +327,7 @@ def test_event_raises_the_named_event_only(tmp_path):
     disk = make_disk(tmp_path, [SetState("journal_commit", 3)], events=["journal_commit"])
     disk.event("journal_commit")
     assert disk.state == 3
+    assert [e.name for e in disk.trace if e.kind == "event"] == ["journal_commit"]  # traced once
     with pytest.raises(bd.RuleError, match="did you mean 'journal_commit'"):
         disk.event("journal_comit")
 
@@ -405,6 +406,15 @@ def test_failed_request_never_changes_the_image(tmp_path):
 def test_unknown_rule_event_is_an_error_never_ignored(tmp_path):
     with pytest.raises(bd.RuleError, match="unknown event 'wirte_aio' \\(did you mean 'write_aio'"):
         make_disk(tmp_path, [InjectError("wirte_aio")])
+
+
+def test_disk_larger_than_its_file_reads_zeroes_and_grows_when_written(tmp_path):
+    path = tmp_path / "growing.raw"
+    path.write_bytes(b"abc")
+    disk = bd.Disk(path, size=1 << 20)
+    assert disk.read(0, 8) == b"abc" + bytes(5)
+    disk.write(8192, b"z")
+    assert path.stat().st_size == 8193
 
 
 def test_created_image_is_sparse_and_of_the_asked_size(tmp_path):

@@ -291,20 +291,17 @@ class DiskVFS(apsw.VFS):
                 shared.disk.close()
 
     def _open_image(self, path: str, create: bool) -> Disk:
-        """Open an image at full capacity with its logical size as its length."""
+        """Open an image addressable up to the capacity; its file keeps its logical size."""
         flags = os.O_RDWR | (os.O_CREAT if create else 0)
         try:
             fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
             raise apsw.exception_for(apsw.SQLITE_CANTOPEN) from None
         try:
-            logical = os.fstat(fd).st_size
-            os.ftruncate(fd, max(self.capacity, logical))
-            disk = Disk(path, engine=self.engine)
-            os.ftruncate(disk.fileno(), logical)
+            capacity = max(self.capacity, os.fstat(fd).st_size)
         finally:
             os.close(fd)
-        return disk
+        return Disk(path, engine=self.engine, size=capacity)
 
     # -- apsw.VFS ---------------------------------------------------------------
 
