@@ -343,7 +343,7 @@ class Engine:
         self._suspended: list[_Suspension] = []  # most recent first, as QEMU's list
         self._trace: deque[tuple] = deque(maxlen=trace_length)
         self._trace_append = self._trace.append
-        self._observers: list[Observer] = []
+        self._observers: tuple[Observer, ...] = ()
         self.opened = False
         self._users = 0  # disks attached (several may share one engine)
         self.add_rules(rules)
@@ -441,7 +441,13 @@ class Engine:
         return [_trace_entry(raw) for raw in list(self._trace)]
 
     def add_observer(self, observer: Observer) -> None:
-        self._observers.append(observer)
+        """Call ``observer(what, detail)`` on every hit, suspension and resume."""
+        # A tuple replaced whole, so notifying threads never see it mid-change.
+        self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling ``observer`` (unknown observers are ignored)."""
+        self._observers = tuple(o for o in self._observers if o is not observer)
 
     def _notify(self, what: str, detail: object) -> None:
         for observer in self._observers:
