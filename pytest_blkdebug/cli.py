@@ -1,0 +1,1046 @@
+"""``blkdebug-io``: qemu-io's command language over a ``Disk``.
+
+``blkdebug-io [-f raw] [-t writeback] [-c COMMAND]... [--report] FILENAME``
+runs the commands in order and prints what ``qemu-io -f raw -t writeback``
+7.2 prints, line for line (the statistics line after a success has the same
+format, other figures). FILENAME is ``blkdebug:CONFIG:IMAGE``,
+``blkdebug::IMAGE`` or a plain image. Why: the same script can be run through
+real QEMU and through this project, which is how the conformance tests prove
+the engine right, and ``--report`` then shows what QEMU cannot (final state,
+state history, every rule's counters).
+
+Every request, synchronous or not, runs as an asyncio task on the disk's
+``aio`` view inside one event loop. An aio command starts its task and lets it
+run as far as it can (events, check, and a breakpoint's suspension happen
+inside the command, as in QEMU); a synchronous command waits for its own task.
+Where qemu-io would wait forever (``aio_flush``, a synchronous request or the
+end of the script with a request suspended at a breakpoint; ``wait_break`` for
+a tag nothing can reach), blkdebug-io stops with a clear error and exit
+status 1 instead. Commands that qemu-io treats as failed (exit status 1) are
+the same here: a failed ``read``/``write``/``discard``/``flush``, a pattern
+mismatch of ``read -P``, bad arguments, unknown commands and failed
+breakpoint commands; an ``aio_read``/``aio_write`` that fails does not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from .disk import Disk
+from .engine import Hold
+from .errors import BreakpointError, BreakpointTimeout, RuleError
+
+PROG = "blkdebug-io"
+DEFAULT_WAIT_TIMEOUT = 10.0
+CACHE_MODES = ("none", "writeback", "unsafe", "directsync", "writethrough")
+#: Loop iterations one settle may take before it gives up on quiescence.
+_SETTLE_LIMIT = 10_000
+#: BDRV_REQUEST_MAX_BYTES in QEMU 7.2: the longest request qemu-io accepts.
+MAX_REQUEST = 2147483136
+INT64_MAX = (1 << 63) - 1
+
+
+# ---------------------------------------------------------------------------
+# qemu-io's command language: tokens, options, numbers, output formats
+# ---------------------------------------------------------------------------
+
+
+class OpenError(Exception):
+    """The image or its rule file cannot be opened (qemu-io: can't open device)."""
+
+
+class CommandError(Exception):
+    """A command stops early: lines for stdout/stderr and a (negative) status."""
+
+    def __init__(self, stdout: str = "", stderr: str = "", status: int = -errno.EINVAL) -> None:
+        super().__init__(stdout or stderr)
+        self.stdout = stdout
+        self.stderr = stderr
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One qemu-io command: names, argument counts, usage text, our handler."""
+
+    name: str
+    alias: str | None
+    argmin: int
+    argmax: int
+    args: str
+    oneline: str
+    handler: str | None
+
+    @property
+    def usage(self) -> str:
+        return (
+            f"{self.name} {self.args} -- {self.oneline}"
+            if self.args
+            else f"{self.name} -- {self.oneline}"
+        )
+
+
+_R, _W = (
+    "reads a number of bytes at a specified offset",
+    "writes a number of bytes at a specified offset",
+)
+# fmt: off
+SPECS = (
+    Spec("read", "r", 2, -1, "[-abCqv] [-P pattern [-s off] [-l len]] off len", _R, "cmd_read"),
+    Spec("write", "w", 2, -1, "[-bcCfnquz] [-P pattern | -s source_file] off len", _W, "cmd_write"),
+    Spec("discard", "d", 2, -1, "[-Cq] off len", "discards a number of bytes at a specified offset",
+         "cmd_discard"),
+    Spec("flush", "f", 0, 0, "", "flush all in-core file state to disk", "cmd_flush"),
+    Spec("length", "l", 0, 0, "", "gets the length of the current file", "cmd_length"),
+    Spec("aio_read", None, 2, -1, "[-Ciqv] [-P pattern] off len [len..]",
+         "asynchronously reads a number of bytes", "cmd_aio_read"),
+    Spec("aio_write", None, 2, -1, "[-Cfiquz] [-P pattern] off len [len..]",
+         "asynchronously writes a number of bytes", "cmd_aio_write"),
+    Spec("aio_flush", None, 0, 0, "", "completes all outstanding aio requests", "cmd_aio_flush"),
+    Spec("sleep", None, 1, 1, "", "waits for the given value in milliseconds", "cmd_sleep"),
+    Spec("break", None, 2, 2, "event tag",
+         "sets a breakpoint on event and tags the stopped request as tag", "cmd_break"),
+    Spec("remove_break", None, 1, 1, "tag", "remove a breakpoint by tag", "cmd_remove_break"),
+    Spec("resume", None, 1, 1, "tag", "resumes the request tagged as tag", "cmd_resume"),
+    Spec("wait_break", None, 1, 1, "tag", "waits for the suspension of a request", "cmd_wait_break"),
+    # qemu-io commands blkdebug-io does not offer (a clear error, not "not found")
+    *(Spec(name, alias, 0, -1, "", "", None) for name, alias in (
+        ("abort", None), ("alloc", "a"), ("close", None), ("help", "?"), ("info", "i"),
+        ("map", None), ("open", "o"), ("quit", "q"), ("readv", None), ("reopen", None),
+        ("sigraise", None), ("truncate", "t"), ("writev", None))),
+)
+# fmt: on
+SUPPORTED = tuple(s.name for s in SPECS if s.handler)
+
+
+def find_command(name: str) -> Spec | None:
+    for spec in SPECS:
+        if name in (spec.name, spec.alias):
+            return spec
+    return None
+
+
+def breakline(line: str) -> list[str]:
+    """qemu-io splits a command at single spaces and drops empty pieces."""
+    return [word for word in line.split(" ") if word]
+
+
+def check_argc(spec: Spec, argv: list[str]) -> str | None:
+    """qemu-io's argument-count message (stderr), or None if the count fits."""
+    n = len(argv) - 1
+    if n >= spec.argmin and (spec.argmax == -1 or n <= spec.argmax):
+        return None
+    if spec.argmax == -1:
+        want = f"at least {spec.argmin} arguments"
+    elif spec.argmin == spec.argmax:
+        want = f"{spec.argmin} arguments"
+    else:
+        want = f"between {spec.argmin} and {spec.argmax} arguments"
+    return f"bad argument count {n} to {argv[0]}, expected {want}"
+
+
+class GetOpt:
+    """glibc getopt(3) with argument permutation, yielding options in order.
+
+    After iteration, ``rest`` holds the non-option arguments in order.
+    """
+
+    def __init__(self, argv: list[str], optstring: str, spec: Spec) -> None:
+        self.argv, self.optstring, self.spec = argv, optstring, spec
+        self.rest: list[str] = []
+
+    def _fail(self, message: str) -> CommandError:
+        return CommandError(stdout=self.spec.usage, stderr=f"{self.argv[0]}: {message}")
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        argv, i = self.argv, 1
+        while i < len(argv):
+            arg = argv[i]
+            if arg == "--":
+                self.rest.extend(argv[i + 1 :])
+                return
+            if not arg.startswith("-") or arg == "-":
+                self.rest.append(arg)
+                i += 1
+                continue
+            j = 1
+            while j < len(arg):
+                c = arg[j]
+                k = self.optstring.find(c)
+                if k < 0 or c == ":":
+                    raise self._fail(f"invalid option -- '{c}'")
+                if self.optstring[k + 1 : k + 2] != ":":
+                    yield c, ""
+                    j += 1
+                    continue
+                if j + 1 < len(arg):
+                    value = arg[j + 1 :]
+                elif i + 1 < len(argv):
+                    i += 1
+                    value = argv[i]
+                else:
+                    raise self._fail(f"option requires an argument -- '{c}'")
+                yield c, value
+                break
+            i += 1
+
+
+_SPACE = " \t\n\v\f\r"
+_SUFFIX = {"b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def _strtoul(s: str, base: int) -> tuple[int | None, int]:
+    """C strtoul's digits: (value or None when there are none, end index)."""
+    i = len(s) - len(s.lstrip(_SPACE))
+    if s[i : i + 1] in ("+", "-"):
+        i += 1
+    if (
+        base == 16
+        and s[i : i + 2].lower() == "0x"
+        and s[i + 2 : i + 3].lower() in "0123456789abcdef"
+        and s[i + 2 : i + 3]
+    ):
+        i += 2
+    digits = "0123456789abcdef"[:base]
+    j = i
+    while j < len(s) and s[j].lower() in digits:
+        j += 1
+    if j == i:
+        return None, 0
+    return int(s[i:j], base), j
+
+
+def cvtnum(s: str, err: TextIO) -> int:
+    """qemu-io's number: qemu_strtosz (suffixes b k M G T P E, fractions with a
+    suffix, 0x hex) limited to int64. CommandError with qemu-io's message."""
+    bad = CommandError(
+        f"Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {s}"
+    )
+    large = CommandError(f"Parsing error: argument too large -- {s}")
+    val, end = _strtoul(s, 10)
+    if val is None or "-" in s[:end]:
+        raise bad
+    if val >= 1 << 64:
+        raise large
+    frac, hexa = 0.0, False
+    if val == 0 and s[end : end + 1] in ("x", "X"):
+        val, end = _strtoul(s, 16)
+        assert val is not None
+        if val >= 1 << 64:
+            raise large
+        hexa = True
+    elif s[end : end + 1] == ".":
+        m = re.match(r"\.(\d*)([eE][+-]?\d+)?", s[end:])
+        assert m is not None
+        if not m.group(1):
+            end += 1  # strtod finds no number in a lone '.': skipped ("1.k" is 1 KiB)
+        elif m.group(2):
+            raise bad  # an exponent makes the whole number invalid
+        else:
+            frac = float("0." + m.group(1))
+            end += m.end()
+    shift = _SUFFIX.get(s[end : end + 1].lower()) if s[end : end + 1] else None
+    if shift is not None:
+        end += 1
+        if hexa:
+            print(
+                f"qemu-io: warning: Using a multiplier suffix on hex numbers is deprecated: {s}",
+                file=err,
+            )
+    else:
+        shift = 0
+    if shift == 0 and frac:
+        raise bad
+    fixed = int(frac * 2**64)  # QEMU's 64.64 fixed-point fraction
+    product = fixed << shift
+    result = (val << shift) + (product >> 64) + ((product >> 63) & 1)
+    if end != len(s):
+        raise bad
+    if result >= 1 << 64 or result > INT64_MAX:
+        raise large
+    return result
+
+
+def c_strtol(s: str) -> tuple[int | None, str]:
+    """C strtol(s, &end, 0): (value or None, the unparsed rest)."""
+    t = s.lstrip(_SPACE)
+    sign = -1 if t[:1] == "-" else 1
+    body = t[1:] if t[:1] in ("+", "-") else t
+    if body[:2].lower() == "0x" and body[2:3] and body[2:3].lower() in "0123456789abcdef":
+        base, body = 16, body[2:]
+    elif body[:1] == "0":
+        base = 8
+    else:
+        base = 10
+    digits = "0123456789abcdef"[:base]
+    n = 0
+    while n < len(body) and body[n].lower() in digits:
+        n += 1
+    if n == 0:
+        return None, s
+    return sign * int(body[:n], base), body[n:]
+
+
+def parse_pattern(arg: str) -> int:
+    value, rest = c_strtol(arg)
+    if value is None:
+        value = 0
+    if value < 0 or value > 255 or rest:
+        raise CommandError(f"{arg} is not a valid pattern byte")
+    return value
+
+
+def cvtstr(value: float) -> str:
+    """qemu-io's human size: ``512 bytes``, ``1 KiB``, ``3.548 MiB``."""
+    text, suffix = f"{value:f}", " bytes"
+    for shift, unit in (
+        (60, " EiB"),
+        (50, " PiB"),
+        (40, " TiB"),
+        (30, " GiB"),
+        (20, " MiB"),
+        (10, " KiB"),
+    ):
+        if value >= 1 << shift:
+            text, suffix = f"{value / (1 << shift):.3f}", unit
+            break
+    cut = text.find(".000")  # C's strstr: the first ".000" ends the number
+    return (text[:cut] if cut >= 0 else text) + suffix
+
+
+def timestr(seconds: float, verbose: bool) -> str:
+    whole = int(seconds)
+    frac = seconds - whole
+    if verbose or whole:
+        return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60 + frac:05.2f}"
+    return f"{frac:05.2f} sec"
+
+
+def report(op: str, seconds: float, offset: int, count: int, csv: bool) -> str:
+    """qemu-io's print_report: the success line and the statistics line."""
+    t = max(seconds, 1e-9)
+    if csv:
+        return f"{count},1,{timestr(t, True)},{count / t:.3f},{1 / t:.3f}"
+    return (
+        f"{op} {count}/{count} bytes at offset {offset}\n"
+        f"{cvtstr(count)}, 1 ops; {timestr(t, False)} "
+        f"({cvtstr(count / t)}/sec and {1 / t:.4f} ops/sec)"
+    )
+
+
+def dump_buffer(data: bytes, offset: int) -> list[str]:
+    """qemu-io's ``-v`` hex dump."""
+    rows = []
+    for i in range(0, len(data), 16):
+        chunk = data[i : i + 16]
+        text = "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else "." for b in chunk)
+        rows.append(f"{offset + i:08x}:  " + "".join(f"{b:02x} " for b in chunk) + " " + text)
+    return rows
+
+
+def strerror(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else os.strerror(errno.EIO)
+
+
+@dataclass
+class Request:
+    """A parsed read/write/discard/aio command."""
+
+    offset: int = 0
+    length: int = 0
+    pattern: int | None = None
+    pattern_offset: int = 0
+    pattern_count: int = 0
+    zero: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    csv: bool = False
+
+
+def _unsupported(argv: list[str], option: str, why: str) -> CommandError:
+    return CommandError(
+        stderr=f"{PROG}: {argv[0]} {option} is not supported ({why})", status=-errno.ENOTSUP
+    )
+
+
+def _offset_length(spec: Spec, rest: list[str], err: TextIO, limit: str | None) -> tuple[int, int]:
+    if len(rest) != 2:
+        raise CommandError(spec.usage)
+    offset = cvtnum(rest[0], err)
+    length = cvtnum(rest[1], err)
+    if limit is not None and length > MAX_REQUEST:
+        raise CommandError(f"length cannot exceed {MAX_REQUEST}{limit}, given {rest[1]}")
+    return offset, length
+
+
+def parse_read(spec: Spec, argv: list[str], err: TextIO) -> Request:
+    r = Request()
+    opts = GetOpt(argv, "bCl:pP:qs:v", spec)
+    lflag = sflag = False
+    for c, value in opts:
+        if c == "b":
+            raise _unsupported(argv, "-b", "no VM state on a raw image")
+        elif c == "C":
+            r.csv = True
+        elif c == "l":
+            lflag, r.pattern_count = True, cvtnum(value, err)
+        elif c == "P":
+            r.pattern = parse_pattern(value)
+        elif c == "q":
+            r.quiet = True
+        elif c == "s":
+            sflag, r.pattern_offset = True, cvtnum(value, err)
+        elif c == "v":
+            r.verbose = True
+    r.offset, r.length = _offset_length(spec, opts.rest, err, "")
+    if r.pattern is None and (lflag or sflag):
+        raise CommandError(spec.usage)
+    if not lflag:
+        r.pattern_count = r.length - r.pattern_offset
+    if r.pattern_count < 0 or r.pattern_count + r.pattern_offset > r.length:
+        raise CommandError("pattern verification range exceeds end of read data")
+    return r
+
+
+def parse_write(spec: Spec, argv: list[str], err: TextIO) -> Request:
+    r = Request(pattern=0xCD)
+    opts = GetOpt(argv, "bcCfnpP:qs:uz", spec)
+    pflag = unmap = False
+    for c, value in opts:
+        if c in "bcfns":
+            raise _unsupported(
+                argv,
+                f"-{c}",
+                {
+                    "b": "no VM state on a raw image",
+                    "c": "raw images are not compressed",
+                    "f": "FUA adds a flush that changes which events fire",
+                    "n": "no-fallback write-zeroes is not modelled",
+                    "s": "use -P or -z",
+                }[c],
+            )
+        if c == "C":
+            r.csv = True
+        elif c == "P":
+            pflag, r.pattern = True, parse_pattern(value)
+        elif c == "q":
+            r.quiet = True
+        elif c == "u":
+            unmap = True
+        elif c == "z":
+            r.zero = True
+    if len(opts.rest) != 2:
+        raise CommandError(spec.usage)
+    if unmap and not r.zero:
+        raise CommandError("-u requires -z to be specified")
+    if r.zero and pflag:
+        raise CommandError("Only one of -z, -P, and -s can be specified at the same time")
+    r.offset, r.length = _offset_length(spec, opts.rest, err, " without -n")
+    return r
+
+
+def parse_discard(spec: Spec, argv: list[str], err: TextIO) -> Request:
+    r = Request()
+    opts = GetOpt(argv, "Cq", spec)
+    for c, _ in opts:
+        if c == "C":
+            r.csv = True
+        else:
+            r.quiet = True
+    r.offset, r.length = _offset_length(spec, opts.rest, err, "")
+    return r
+
+
+def parse_aio(spec: Spec, argv: list[str], err: TextIO, write: bool) -> Request | None:
+    """aio_read/aio_write; None for ``-i`` (an invalid request for statistics)."""
+    r = Request(pattern=0xCD if write else None)
+    opts = GetOpt(argv, "CfiqP:uz" if write else "CP:iqv", spec)
+    unmap = False
+    for c, value in opts:
+        if c == "C":
+            r.csv = True
+        elif c == "P":
+            r.pattern = parse_pattern(value)
+        elif c == "i":
+            raise CommandError(
+                f"injecting invalid {'write' if write else 'read'} request", status=0
+            )
+        elif c == "q":
+            r.quiet = True
+        elif c == "v":
+            r.verbose = True
+        elif c == "u":
+            unmap = True
+        elif c == "z":
+            r.zero = True
+        elif c == "f":
+            raise _unsupported(argv, "-f", "FUA adds a flush that changes which events fire")
+    rest = opts.rest
+    if len(rest) < 2:
+        raise CommandError(spec.usage)
+    if r.zero and len(rest) != 2:
+        raise CommandError("-z supports only a single length parameter")
+    if unmap and not r.zero:
+        raise CommandError("-u requires -z to be specified")
+    r.offset = cvtnum(rest[0], err)
+    if r.zero:
+        r.length = cvtnum(rest[1], err)
+        return r
+    for arg in rest[1:]:
+        n = cvtnum(arg, err)
+        if n > MAX_REQUEST:
+            raise CommandError(f"Argument '{arg}' exceeds maximum size {MAX_REQUEST}")
+        if r.length > MAX_REQUEST - n:
+            raise CommandError(f"The total number of bytes exceed the maximum size {MAX_REQUEST}")
+        r.length += n
+    return r
+
+
+def parse_sleep(arg: str) -> int:
+    value, rest = c_strtol(arg)
+    if value is None:
+        value = 0
+    if value < 0 or rest:
+        raise CommandError(f"{arg} is not a valid number")
+    return value
+
+
+class _Hang(Exception):
+    """The script reached a point where qemu-io would wait forever."""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog=PROG,
+        add_help=False,
+        usage=f"{PROG} [-f raw] [-t writeback] [-c COMMAND]... [--report] "
+        "[--wait-timeout SECONDS] FILENAME",
+        description="Run qemu-io commands against a raw image through the blkdebug engine. "
+        "FILENAME is blkdebug:RULES:IMAGE, blkdebug::IMAGE or IMAGE; RULES is a "
+        "QEMU ini (.ini/.cfg/.conf) or TOML rule file. Without -c, commands are "
+        "read from standard input, one per line.",
+    )
+    p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    p.add_argument(
+        "-c",
+        "--cmd",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="run COMMAND (repeatable), e.g. -c 'read -P 0 0 512'",
+    )
+    p.add_argument("-f", "--format", default="raw", help="image format: raw only")
+    p.add_argument(
+        "-t",
+        "--cache",
+        default="writeback",
+        help="cache mode: writeback only (qemu-io's default is writethrough)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="after the commands, print the final state, the state history "
+        "and every rule's counters",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=DEFAULT_WAIT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"longest wait of wait_break and aio_flush (default "
+        f"{DEFAULT_WAIT_TIMEOUT:g}; qemu-io waits forever)",
+    )
+    p.add_argument("filename", nargs="?", metavar="FILENAME")
+    return p
+
+
+def split_filename(filename: str) -> tuple[str | None, str]:
+    """``blkdebug:CONFIG:IMAGE`` -> (CONFIG or "" , IMAGE); a plain path -> (None, path).
+
+    As QEMU's blkdebug_parse_filename: the config ends at the first ``:``
+    after the prefix, the image is the rest.
+    """
+    if not filename.startswith("blkdebug:"):
+        return None, filename
+    rest = filename[len("blkdebug:") :]
+    config, sep, image = rest.partition(":")
+    if not sep:
+        raise OpenError("blkdebug requires both config file and image path")
+    return config, image
+
+
+def open_disk(filename: str, err: TextIO) -> tuple[Disk, bool]:
+    """Open FILENAME as qemu-io would; returns (disk, over_blkdebug)."""
+    from .events import EventRegistry
+    from .rulefile import load_rules
+
+    config, image = split_filename(filename)
+    rules: list = []
+    registry = EventRegistry()
+    if config:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rules = load_rules(config, registry=registry)
+        for w in caught:
+            print(f"{PROG}: warning: {w.message}", file=err)
+    if not image:
+        raise OpenError("The 'file' block driver requires a file name")
+    try:
+        disk = Disk.open(image, rules=rules, events=registry.custom, hold_timeout=10.0**7)
+    except OSError as exc:
+        raise OpenError(
+            f"Could not open '{image}': {os.strerror(exc.errno) if exc.errno else exc}"
+        ) from None
+    if disk.size % 512:
+        print(
+            f"{PROG}: warning: {image} is {disk.size} bytes, not a multiple of 512: "
+            f"qemu-io would round its length up to {-(-disk.size // 512) * 512} bytes",
+            file=err,
+        )
+    return disk, config is not None
+
+
+class Session:
+    """Runs commands against one disk in one event loop and prints qemu-io's lines."""
+
+    def __init__(
+        self,
+        disk: Disk,
+        over_blkdebug: bool,
+        out: TextIO,
+        err: TextIO,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
+        self.disk = disk
+        self.blkdebug = over_blkdebug
+        self.out = out
+        self.err = err
+        self.wait_timeout = wait_timeout
+        self.failed = False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.holds: dict[asyncio.Task[None], list[Hold]] = {}
+        self._observer = self._observe  # one bound method, so it can be removed
+        disk.engine.add_observer(self._observer)
+
+    def detach(self) -> None:
+        """Stop printing breakpoint lines (closing the disk may resume requests)."""
+        self.disk.engine.remove_observer(self._observer)
+
+    # -- output and bookkeeping ------------------------------------------------
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out)
+
+    def _observe(self, what: str, detail: object) -> None:
+        if what == "suspend":
+            self.say(f"blkdebug: Suspended request '{detail}'")
+            task = asyncio.current_task()
+            suspended = self.disk.engine.suspended
+            if task is not None and suspended:
+                self.holds.setdefault(task, []).append(suspended[0][1])  # type: ignore[arg-type]
+        elif what == "resume":
+            self.say(f"blkdebug: Resuming request '{detail}'")
+
+    def _held(self, task: asyncio.Task[None]) -> Hold | None:
+        for hold in self.holds.get(task, ()):
+            if not hold.released:
+                return hold
+        return None
+
+    def _runnable(self) -> list[asyncio.Task[None]]:
+        self.tasks = [t for t in self.tasks if not t.done()]
+        return [t for t in self.tasks if self._held(t) is None]
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+        return task
+
+    async def settle(self) -> None:
+        """Let every request run until it is done or held at a breakpoint."""
+        for _ in range(_SETTLE_LIMIT):
+            if not self._runnable():
+                return
+            await asyncio.sleep(0)
+
+    def _suspended_text(self) -> str:
+        entries = [
+            f"'{tag}' ({hold.operation} at event {hold.event})"
+            for tag, hold in self.disk.engine.suspended
+        ]
+        return ", ".join(entries) or "none"
+
+    async def _wait_until(self, done: Callable[[], bool], what: str) -> None:
+        """Run the loop until ``done()``; _Hang when nothing can make progress
+        any more (all requests done or suspended) or after the wait timeout."""
+        deadline = time.monotonic() + self.wait_timeout
+        spins = 0
+        while not done():
+            if not self._runnable():
+                raise _Hang(what)
+            if time.monotonic() > deadline:
+                raise _Hang(f"{what} (gave up after {self.wait_timeout:g} s)")
+            spins += 1
+            await asyncio.sleep(0 if spins < 1000 else 0.001)
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(self, commands: Sequence[str]) -> int:
+        try:
+            for line in commands:
+                if await self.command(line) < 0:
+                    self.failed = True
+                await self.settle()
+            await self._wait_until(
+                lambda: not self.tasks or not self._pending(),
+                "requests are still suspended at the end of the script",
+            )
+        except _Hang as hang:
+            print(
+                f"{PROG}: {hang}; suspended: {self._suspended_text()}; qemu-io would "
+                f"wait forever here, so {PROG} stops",
+                file=self.err,
+            )
+            self.failed = True
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        return 1 if self.failed else 0
+
+    def _pending(self) -> list[asyncio.Task[None]]:
+        self.tasks = [t for t in self.tasks if not t.done()]
+        return self.tasks
+
+    async def command(self, line: str) -> int:
+        argv = breakline(line)
+        if not argv:
+            return 0
+        spec = find_command(argv[0])
+        if spec is None:
+            print(f'command "{argv[0]}" not found', file=self.err)
+            return -errno.EINVAL
+        if spec.handler is None:
+            print(
+                f'{PROG}: command "{argv[0]}" is not supported by {PROG} '
+                f"(supported: {', '.join(SUPPORTED)})",
+                file=self.err,
+            )
+            return -errno.ENOTSUP
+        usage = check_argc(spec, argv)
+        if usage:
+            print(usage, file=self.err)
+            return -errno.EINVAL
+        try:
+            return await getattr(self, spec.handler)(spec, argv)
+        except CommandError as exc:
+            if exc.stdout:
+                self.say(exc.stdout)
+            if exc.stderr:
+                print(exc.stderr, file=self.err)
+            return exc.status
+
+    # -- request commands --------------------------------------------------------
+
+    async def _sync(self, coro: Awaitable[object], what: str) -> object:
+        """Run one synchronous request: wait for its task (others progress too)."""
+        task = self._spawn(coro)  # type: ignore[arg-type]
+        await self._wait_until(
+            task.done, f"{what} is suspended at a breakpoint and nothing can resume it"
+        )
+        return task.result()
+
+    async def cmd_read(self, spec: Spec, argv: list[str]) -> int:
+        a = parse_read(spec, argv, self.err)
+        t0 = time.perf_counter()
+        try:
+            data = await self._sync(self.disk.aio.read(a.offset, a.length), "read")
+        except OSError as exc:
+            self.say(f"read failed: {strerror(exc)}")
+            return -(exc.errno or errno.EIO)
+        elapsed = time.perf_counter() - t0
+        status = 0
+        assert isinstance(data, bytes)
+        if a.pattern is not None:
+            start, count = a.pattern_offset, a.pattern_count
+            if data[start : start + count] != bytes([a.pattern]) * count:
+                self.say(f"Pattern verification failed at offset {a.offset + start}, {count} bytes")
+                status = -errno.EINVAL
+        if not a.quiet:
+            if a.verbose:
+                for row in dump_buffer(data, a.offset):
+                    self.say(row)
+            self.say(report("read", elapsed, a.offset, a.length, a.csv))
+        return status
+
+    async def cmd_write(self, spec: Spec, argv: list[str]) -> int:
+        a = parse_write(spec, argv, self.err)
+        aio = self.disk.aio
+        t0 = time.perf_counter()
+        try:
+            if a.zero:
+                await self._sync(aio.write_zeroes(a.offset, a.length), "write -z")
+            elif a.length > self.disk.size:  # out of range: fail before building data
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            else:
+                data = bytes([a.pattern]) * a.length
+                await self._sync(aio.write(a.offset, data), "write")
+        except OSError as exc:
+            self.say(f"write failed: {strerror(exc)}")
+            return -(exc.errno or errno.EIO)
+        if not a.quiet:
+            self.say(report("wrote", time.perf_counter() - t0, a.offset, a.length, a.csv))
+        return 0
+
+    async def cmd_discard(self, spec: Spec, argv: list[str]) -> int:
+        a = parse_discard(spec, argv, self.err)
+        t0 = time.perf_counter()
+        try:
+            await self._sync(self.disk.aio.discard(a.offset, a.length), "discard")
+        except OSError as exc:
+            self.say(f"discard failed: {strerror(exc)}")
+            return -(exc.errno or errno.EIO)
+        if not a.quiet:
+            self.say(report("discard", time.perf_counter() - t0, a.offset, a.length, a.csv))
+        return 0
+
+    async def cmd_flush(self, spec: Spec, argv: list[str]) -> int:
+        try:
+            await self._sync(self.disk.aio.flush(), "flush")
+        except OSError as exc:  # qemu-io prints nothing, but the command failed
+            return -(exc.errno or errno.EIO)
+        return 0
+
+    async def cmd_aio_read(self, spec: Spec, argv: list[str]) -> int:
+        a = parse_aio(spec, argv, self.err, write=False)
+        if a is None:
+            return 0
+
+        async def request() -> None:
+            t0 = time.perf_counter()
+            try:
+                data = await self.disk.aio.read(a.offset, a.length)
+            except OSError as exc:
+                self.say(f"readv failed: {strerror(exc)}")
+                return
+            if a.pattern is not None and data != bytes([a.pattern]) * a.length:
+                self.say(f"Pattern verification failed at offset {a.offset}, {a.length} bytes")
+            if not a.quiet:
+                if a.verbose:
+                    for row in dump_buffer(data, a.offset):
+                        self.say(row)
+                self.say(report("read", time.perf_counter() - t0, a.offset, a.length, a.csv))
+
+        self._spawn(request())
+        await self.settle()
+        return 0
+
+    async def cmd_aio_write(self, spec: Spec, argv: list[str]) -> int:
+        a = parse_aio(spec, argv, self.err, write=True)
+        if a is None:
+            return 0
+        aio = self.disk.aio
+
+        async def request() -> None:
+            t0 = time.perf_counter()
+            try:
+                if a.zero:
+                    await aio.write_zeroes(a.offset, a.length)
+                elif a.length > self.disk.size:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                else:
+                    await aio.write(a.offset, bytes([a.pattern]) * a.length)
+            except OSError as exc:
+                self.say(f"aio_write failed: {strerror(exc)}")
+                return
+            if not a.quiet:
+                self.say(report("wrote", time.perf_counter() - t0, a.offset, a.length, a.csv))
+
+        self._spawn(request())
+        await self.settle()
+        return 0
+
+    async def cmd_aio_flush(self, spec: Spec, argv: list[str]) -> int:
+        await self._wait_until(
+            lambda: not self._pending(), "aio_flush waits for requests suspended at a breakpoint"
+        )
+        return 0
+
+    async def cmd_length(self, spec: Spec, argv: list[str]) -> int:
+        self.say(cvtstr(self.disk.size))
+        return 0
+
+    async def cmd_sleep(self, spec: Spec, argv: list[str]) -> int:
+        ms = parse_sleep(argv[1])
+        await asyncio.sleep(ms / 1000)
+        return 0
+
+    # -- breakpoint commands -----------------------------------------------------
+
+    def _no_blkdebug(self, text: str) -> int:
+        self.say(f"{text}: {os.strerror(errno.ENOTSUP)}")
+        return -errno.ENOTSUP
+
+    async def cmd_break(self, spec: Spec, argv: list[str]) -> int:
+        if not self.blkdebug:
+            return self._no_blkdebug("Could not set breakpoint")
+        try:
+            self.disk.break_on(argv[1], argv[2])
+        except (BreakpointError, RuleError):
+            self.say(f"Could not set breakpoint: {os.strerror(errno.ENOENT)}")
+            return -errno.ENOENT
+        return 0
+
+    async def cmd_resume(self, spec: Spec, argv: list[str]) -> int:
+        if not self.blkdebug:
+            return self._no_blkdebug("Could not resume request")
+        try:
+            self.disk.resume(argv[1])
+        except BreakpointError:
+            self.say(f"Could not resume request: {os.strerror(errno.ENOENT)}")
+            return -errno.ENOENT
+        return 0
+
+    async def cmd_remove_break(self, spec: Spec, argv: list[str]) -> int:
+        if not self.blkdebug:
+            return self._no_blkdebug(f"Could not remove breakpoint {argv[1]}")
+        try:
+            self.disk.remove_break(argv[1])
+        except BreakpointError:
+            self.say(f"Could not remove breakpoint {argv[1]}: {os.strerror(errno.ENOENT)}")
+            return -errno.ENOENT
+        return 0
+
+    async def cmd_wait_break(self, spec: Spec, argv: list[str]) -> int:
+        tag = argv[1]
+        engine = self.disk.engine
+        try:
+            await self._wait_until(
+                lambda: engine.is_suspended(tag),
+                f"wait_break {tag}: no request in flight can reach a breakpoint tagged '{tag}'",
+            )
+        except _Hang as hang:
+            if "gave up" not in str(hang):
+                raise
+            try:
+                engine.wait_break(tag, 0)  # the engine's message: events seen, pending
+            except BreakpointTimeout as exc:
+                raise _Hang(f"wait_break {tag}: {exc}") from None
+        return 0
+
+
+def format_report(disk: Disk) -> str:
+    """The ``--report`` text: report.py's view when available."""
+    try:
+        from .report import format_report as full
+    except ImportError:  # pragma: no cover - report.py is optional here
+        full = None
+    if full is not None:
+        return full(disk)
+    lines = [
+        f"disk {disk.path}",
+        f"state: {disk.state}",
+        "history: "
+        + (
+            ", ".join(f"{c.old} -> {c.new} ({c.event})" for c in disk.history) or "no state changes"
+        ),
+    ]
+    for s in disk.rules:
+        lines.append(
+            f"  {s.name}  {s.kind}  {s.event}  armed={s.armed} hits={s.hits} "
+            f"consumed={'yes' if s.consumed else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+) -> int:
+    """Entry point of ``blkdebug-io`` (and ``python -m pytest_blkdebug``).
+
+    Returns the exit status: 0, or 1 when opening failed or any command
+    failed (qemu-io's rule). ``stdout``/``stderr``/``stdin`` default to the
+    process's streams; tests pass their own to run it in-process.
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except _UsageError as exc:
+        print(f"{PROG}: {exc}\nTry '{PROG} --help' for more information.", file=err)
+        return 1
+    if args.help:
+        out.write(parser.format_help())
+        return 0
+    if args.format != "raw":
+        print(
+            f"{PROG}: image format '{args.format}' is not supported: {PROG} works on raw "
+            "images only (qcow2's metadata events come from your own code's disk.event())",
+            file=err,
+        )
+        return 1
+    if args.cache not in CACHE_MODES:
+        print(f"{PROG}: Invalid cache option: {args.cache}", file=err)
+        return 1
+    if args.cache != "writeback":
+        print(
+            f"{PROG}: cache mode '{args.cache}' is not supported: {PROG} always behaves "
+            "as qemu-io -t writeback (other modes add flushes that change which events "
+            "fire)",
+            file=err,
+        )
+        return 1
+    if args.wait_timeout <= 0:
+        print(f"{PROG}: --wait-timeout must be positive, not {args.wait_timeout:g}", file=err)
+        return 1
+    if not args.filename:
+        print(
+            f"{PROG}: missing FILENAME (blkdebug:RULES:IMAGE, blkdebug::IMAGE or IMAGE)\n"
+            f"Try '{PROG} --help' for more information.",
+            file=err,
+        )
+        return 1
+    try:
+        disk, over_blkdebug = open_disk(args.filename, err)
+    except (OpenError, RuleError) as exc:
+        print(f"{PROG}: can't open device {args.filename}: {exc}", file=err)
+        return 1
+    commands = args.cmd
+    if not commands:
+        source = stdin if stdin is not None else sys.stdin
+        commands = [line.rstrip("\r\n") for line in source]
+    try:
+        session = Session(disk, over_blkdebug, out, err, args.wait_timeout)
+        try:
+            status = asyncio.run(session.run(commands))
+        finally:
+            session.detach()
+        if args.report:
+            out.write(format_report(disk) + "\n")
+    finally:
+        disk.close()
+    out.flush()
+    return status
