@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from . import hookspecs
-from .disk import Disk, copy_image, parse_size
+from .disk import Disk, create_image, parse_size
 from .engine import Engine, Hold
 from .errors import RuleError
 from .events import EventRegistry
@@ -273,16 +273,7 @@ def pytest_blkdebug_make_image(
     item: pytest.Item, path: str, size: int, template: str | None
 ) -> str:
     """The default image: a sparse file, or a cheap copy of the template."""
-    if template is not None:
-        copy_image(template, path)
-        os.truncate(path, size)
-    else:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
-    return path
+    return create_image(path, size, template)
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +372,10 @@ class _Session:
             for nodeid, text in self.passed_sections:
                 terminalreporter.write_sep("-", nodeid)
                 terminalreporter.write_line(text)
-        unfired = [(key, nodeids) for key, (hits, nodeids) in self.rule_hits.items() if not hits]
+        # Sorted, so that a run under xdist prints what a serial run prints.
+        unfired = sorted(
+            (key, sorted(nodeids)) for key, (hits, nodeids) in self.rule_hits.items() if not hits
+        )
         if not unfired:
             return
         terminalreporter.write_sep("=", "blkdebug: rules that never fired")
