@@ -920,12 +920,19 @@ class Session:
         return 0
 
     async def cmd_remove_break(self, spec: Spec, argv: list[str]) -> int:
+        tag = argv[1]
         if not self.blkdebug:
-            return self._no_blkdebug(f"Could not remove breakpoint {argv[1]}")
+            return self._no_blkdebug(f"Could not remove breakpoint {tag}")
+        engine = self.disk.engine
+        pending = any(t == tag for _, t in engine.pending_breakpoints)
         try:
-            self.disk.remove_break(argv[1])
+            engine.remove_break(tag)
         except BreakpointError:
-            self.say(f"Could not remove breakpoint {argv[1]}: {os.strerror(errno.ENOENT)}")
+            pending = False
+        if not pending:
+            # qemu-io 7.2 reports ENOENT unless a pending breakpoint was
+            # removed, even when it resumed requests suspended under the tag.
+            self.say(f"Could not remove breakpoint {tag}: {os.strerror(errno.ENOENT)}")
             return -errno.ENOENT
         return 0
 

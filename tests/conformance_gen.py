@@ -341,3 +341,313 @@ def sync_scenarios(count: int, base_seed: int) -> list[Scenario]:
         fill = rng.choice([0, 4096, 16384])
         scenarios.append(Scenario(f"s{base_seed}-{i}", rules, commands, size, min(fill, size)))
     return scenarios
+
+
+# ---------------------------------------------------------------------------
+# Breakpoint scripts (test_breakpoint_conformance), shaped like QEMU iotest 046
+# ---------------------------------------------------------------------------
+#
+# Determinism rules the generator keeps, because qemu-io itself is only
+# deterministic under them (its aio requests finish in a thread pool):
+# * requests that may be in flight together use disjoint 8 KiB slots, so
+#   their completion order cannot change the image or a read's data;
+# * no rule watches pwritev_done: qemu-io raises an aio_write's pwritev_done
+#   only when a later command polls its event loop, blkdebug-io right away;
+#   a breakpoint on pwritev_done is followed at once by wait_break, and never
+#   shares its tag with a breakpoint on another request;
+# * no sync flush while an aio request is in flight (whether QEMU's flush
+#   sees the write as done depends on the thread pool);
+# * nothing that would hang qemu-io: no aio_flush, no sync request raising a
+#   pending breakpoint's event and no end of script while a request is
+#   suspended, no wait_break for a tag nothing will reach.
+
+BREAK_EVENTS = ("read_aio", "write_aio", "pwritev", "pwritev_zero", "pwritev_done")
+RULE_EVENTS_AIO = tuple(e for e in RULE_EVENTS if e != "pwritev_done")
+#: Breakpoint names qemu-io refuses, and valid ones a raw image never raises.
+BAD_EVENTS = ("read_aoi", "READ_AIO", "flush", "write", "bogus_event")
+IDLE_EVENTS = ("l2_load", "cluster_alloc", "refblock_load")
+SLOT = 8192
+TAGS = ("A", "B", "C", "tag1")
+_KIND_EVENTS = {
+    "read": ("read_aio",),
+    "write": ("write_aio", "pwritev", "pwritev_done"),
+    "zero": ("pwritev_zero", "pwritev_done"),
+}
+_TRIGGER = {
+    "read_aio": "read",
+    "write_aio": "write",
+    "pwritev": "write",
+    "pwritev_zero": "zero",
+    "pwritev_done": "write",
+}
+
+
+class BreakScript:
+    """Builds one breakpoint script while tracking what is pending and in flight."""
+
+    def __init__(self, rng: random.Random, size: int) -> None:
+        self.rng = rng
+        self.size = size
+        self.commands: list[str] = []
+        self.pending: dict[str, list[str]] = {}  # event -> tags of pending breakpoints
+        self.slots = iter(range(2, size // SLOT))
+        self.in_flight = False  # aio requests since the last aio_flush
+        self.patterns = [0, FILL_BYTE, 0xCD]
+        self.extra_rules: list[str] = []  # ini groups a template wants appended
+
+    def add(self, *commands: str) -> None:
+        self.commands.extend(commands)
+
+    def _slot_range(self) -> tuple[int, int]:
+        base = next(self.slots) * SLOT
+        offset = base + self.rng.choice([0, 0, 512, 1024, 100, 7])
+        length = self.rng.choice([512, 512, 1024, 4096, 100, 1])
+        return offset, min(length, base + SLOT - offset)
+
+    def _safe(self, kind: str) -> bool:
+        return not any(self.pending.get(e) for e in _KIND_EVENTS[kind])
+
+    def aio(self, kind: str) -> None:
+        """An aio request of ``kind`` on a fresh slot (it may hit a pending breakpoint)."""
+        offset, length = self._slot_range()
+        if kind == "read":
+            pattern = f"-P {self.rng.choice(self.patterns):#x} " if self.rng.random() < 0.4 else ""
+            self.add(f"aio_read {pattern}{offset} {length}")
+        elif kind == "write":
+            pattern = self.rng.randint(1, 255)
+            self.patterns.append(pattern)
+            self.add(f"aio_write -P {pattern:#x} {offset} {length}")
+        else:
+            self.add(f"aio_write -z {offset} {length}")
+        for event in _KIND_EVENTS[kind]:
+            # The request consumes the breakpoints of the first event that has
+            # some and stops there; later ones stay reserved for it (a template
+            # that resumes it pops them).
+            if self.pending.pop(event, None):
+                break
+        self.in_flight = True
+
+    def other_aio(self) -> None:
+        kinds = [k for k in _KIND_EVENTS if self._safe(k)]
+        if kinds:
+            self.aio(self.rng.choice(kinds))
+
+    def sync(self, anywhere: bool = False) -> None:
+        """A sync request that raises no pending breakpoint's event."""
+        choices = ["read", "readP", "write", "zero", "discard"]
+        if not self.in_flight:
+            choices.append("flush")
+        op = self.rng.choice(choices)
+        kind = {"readP": "read", "discard": None, "flush": None}.get(op, op)
+        if kind is not None and not self._safe(kind):
+            op = "discard"
+        if op == "flush":
+            self.add("flush")
+            return
+        if anywhere:
+            offset, length = _range(self.rng, self.size)
+        else:
+            offset, length = self._slot_range()
+        if op == "read":
+            self.add(f"read {offset} {length}")
+        elif op == "readP":
+            self.add(f"read -P {self.rng.choice(self.patterns):#x} {offset} {length}")
+        elif op == "write":
+            pattern = self.rng.randint(1, 255)
+            self.patterns.append(pattern)
+            self.add(f"write -P {pattern:#x} {offset} {length}")
+        elif op == "zero":
+            self.add(f"write -z {offset} {length}")
+        else:
+            self.add(f"discard {offset} {length}")
+
+    def brk(self, event: str, tag: str) -> None:
+        self.add(f"break {event} {tag}")
+        if event in BREAK_EVENTS or event in IDLE_EVENTS:
+            self.pending.setdefault(event, []).append(tag)
+
+    def errors(self, used: set[str]) -> None:
+        """Breakpoint commands qemu-io refuses: unknown events and tags."""
+        free = [t for t in ("Z", "nope", "X1") if t not in used]
+        for _ in range(self.rng.randint(1, 2)):
+            what = self.rng.random()
+            if what < 0.35:
+                self.add(f"break {self.rng.choice(BAD_EVENTS)} {self.rng.choice(TAGS)}")
+            elif what < 0.7:
+                self.add(f"resume {self.rng.choice(free)}")
+            else:
+                self.add(f"remove_break {self.rng.choice(free)}")
+
+    def flush_aio(self) -> None:
+        self.add("aio_flush")
+        self.in_flight = False
+
+    def middle(self, used: set[str]) -> None:
+        """What happens while a request is suspended: more requests, errors."""
+        for _ in range(self.rng.randint(0, 3)):
+            if self.rng.random() < 0.6:
+                self.other_aio()
+            else:
+                self.sync()
+        if self.rng.random() < 0.3:
+            self.errors(used)
+
+
+def _tpl_basic(b: BreakScript, rng: random.Random) -> None:
+    """046's shape: break, a request that raises the event, wait, more, resume."""
+    event, tag = rng.choice(BREAK_EVENTS), rng.choice(TAGS)
+    b.brk(event, tag)
+    b.aio(_TRIGGER[event])
+    b.add(f"wait_break {tag}")
+    b.middle({tag})
+    b.add(f"resume {tag}" if rng.random() < 0.7 else f"remove_break {tag}")
+
+
+def _tpl_two_tags(b: BreakScript, rng: random.Random) -> None:
+    """Two tags on one event: one request suspended under both, two resumes."""
+    event = rng.choice(BREAK_EVENTS)
+    first, second = rng.sample(TAGS, 2)
+    b.brk(event, first)
+    b.brk(event, second)
+    b.aio(_TRIGGER[event])
+    waits = [first, second]
+    rng.shuffle(waits)
+    b.add(*(f"wait_break {t}" for t in waits[: rng.randint(1, 2)]))
+    b.middle({first, second})
+    order = [first, second]
+    rng.shuffle(order)
+    verb = "resume" if rng.random() < 0.75 else "remove_break"
+    b.add(*(f"{verb} {t}" for t in order))
+
+
+def _tpl_one_tag_twice(b: BreakScript, rng: random.Random) -> None:
+    """Two breakpoints with one tag: the first request consumes both."""
+    event = rng.choice(BREAK_EVENTS[:4])
+    tag = rng.choice(TAGS)
+    b.brk(event, tag)
+    b.brk(event, tag)
+    b.aio(_TRIGGER[event])
+    if rng.random() < 0.6:
+        b.aio(_TRIGGER[event])  # not suspended: both breakpoints are gone
+    b.add(f"wait_break {tag}")
+    b.middle({tag})
+    if rng.random() < 0.8:
+        b.add(f"resume {tag}", f"resume {tag}")
+        if rng.random() < 0.5:
+            b.add(f"resume {tag}")  # nothing left: an error
+    else:
+        b.add(f"remove_break {tag}")
+
+
+def _tpl_tag_on_two_events(b: BreakScript, rng: random.Random) -> None:
+    """One tag on two requests' events: resume takes the most recent first."""
+    kinds = rng.sample(["read", "write", "zero"], 2)
+    events = [rng.choice([e for e in _KIND_EVENTS[k] if e != "pwritev_done"]) for k in kinds]
+    tag = rng.choice(TAGS)
+    for event in events:
+        b.brk(event, tag)
+    if rng.random() < 0.6:
+        # Armed by the second request before it suspends: whichever request
+        # resumes first is checked first and takes the error.
+        b.extra_rules.append(f'[inject-error]\nevent = "{events[1]}"\nerrno = "28"\nonce = "on"\n')
+    b.aio(kinds[0])
+    b.add(f"wait_break {tag}")
+    b.aio(kinds[1])
+    b.middle({tag})
+    if rng.random() < 0.7:
+        b.add(f"resume {tag}", f"resume {tag}")
+    else:
+        b.add(f"remove_break {tag}")
+
+
+def _tpl_chain(b: BreakScript, rng: random.Random) -> None:
+    """Two events of one request: resuming the first runs it into the second."""
+    kind = rng.choice(["write", "zero"])
+    first, second = _KIND_EVENTS[kind][0], rng.choice(_KIND_EVENTS[kind][1:])
+    tag1, tag2 = rng.sample(TAGS, 2)
+    b.brk(first, tag1)
+    b.brk(second, tag2)
+    b.aio(kind)
+    b.add(f"wait_break {tag1}")
+    b.middle({tag1, tag2})
+    b.add(f"resume {tag1}", f"wait_break {tag2}", f"resume {tag2}")
+    b.pending.pop(second, None)
+
+
+def _tpl_pending_removed(b: BreakScript, rng: random.Random) -> None:
+    """A suspended request plus a pending breakpoint with its tag: remove_break
+    resumes the one and drops the other, so a later request goes through."""
+    kinds = rng.sample(["read", "write", "zero"], 2)
+    tag = rng.choice(TAGS)
+    hit = rng.choice([e for e in _KIND_EVENTS[kinds[0]] if e != "pwritev_done"])
+    b.brk(hit, tag)
+    b.aio(kinds[0])
+    b.add(f"wait_break {tag}")
+    later = rng.choice(
+        IDLE_EVENTS + tuple(e for e in _KIND_EVENTS[kinds[1]] if e != "pwritev_done")
+    )
+    b.brk(later, tag)
+    b.middle({tag})
+    b.add(f"remove_break {tag}")
+    b.pending.clear()
+    b.aio(kinds[1])
+
+
+def _tpl_errors(b: BreakScript, rng: random.Random) -> None:
+    """Unknown events and tags; a breakpoint that is never hit."""
+    b.errors(set())
+    if rng.random() < 0.5:
+        event = rng.choice(IDLE_EVENTS + BREAK_EVENTS)
+        b.brk(event, rng.choice(TAGS))
+        for _ in range(rng.randint(0, 2)):
+            b.sync()
+        if rng.random() < 0.5:
+            b.add(f"remove_break {b.pending[event][0]}")
+            b.pending.clear()
+    b.errors(set())
+
+
+TEMPLATES = (
+    (_tpl_basic, 5),
+    (_tpl_two_tags, 2),
+    (_tpl_one_tag_twice, 2),
+    (_tpl_tag_on_two_events, 2),
+    (_tpl_chain, 2),
+    (_tpl_pending_removed, 1),
+    (_tpl_errors, 1),
+)
+
+
+def breakpoint_scenarios(count: int, base_seed: int) -> list[Scenario]:
+    rng = random.Random(base_seed)
+    scenarios = []
+    for i in range(count):
+        size = rng.choice([1 << 20, 1 << 20, 262144])
+        template = rng.choices([t for t, _ in TEMPLATES], weights=[w for _, w in TEMPLATES])[0]
+        plain = template is _tpl_errors and rng.random() < 0.3
+        sectors = [rng.randint(0, 15), rng.randint(32, 80), rng.randint(32, 80)]
+        rules: str | None = (
+            "" if rng.random() < 0.4 else random_rules(rng, sectors, RULE_EVENTS_AIO, max_rules=3)
+        )
+        b = BreakScript(rng, size)
+        for _ in range(rng.randint(0, 3)):
+            b.sync(anywhere=True)
+        template(b, rng)
+        if b.in_flight or rng.random() < 0.5:
+            b.flush_aio()
+        for _ in range(rng.randint(0, 3)):
+            b.sync(anywhere=True)
+        if b.extra_rules and not plain:
+            rules = "\n".join(filter(None, [rules, *b.extra_rules]))
+        fill = rng.choice([0, 65536])
+        scenarios.append(
+            Scenario(
+                f"b{base_seed}-{i}-{template.__name__[5:]}",
+                None if plain else rules,
+                b.commands,
+                size,
+                fill,
+                ordered=False,
+            )
+        )
+    return scenarios
