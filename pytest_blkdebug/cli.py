@@ -254,7 +254,7 @@ def cvtnum(s: str, err: TextIO) -> int:
         end += 1
         if hexa:
             print(
-                f"qemu-io: warning: Using a multiplier suffix on hex numbers is deprecated: {s}",
+                f"{PROG}: warning: Using a multiplier suffix on hex numbers is deprecated: {s}",
                 file=err,
             )
     else:
