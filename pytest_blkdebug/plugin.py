@@ -7,6 +7,12 @@ pytest-timeout: one help text per option shared by the command-line flag and
 the ini key, precedence command line > ini > default, a marker per test, and
 hook specs with default implementations (``hookspecs.py``).
 
+This module is the pytest glue only, and the ``pytest11`` entry point: pytest
+looks for hook implementations (``pytest_*``) in this module, so every one of
+them is here, with the per-session state, ``DiskFactory`` and the fixtures.
+What each option means and how it is resolved and validated is in
+``options.py``; how a test's markers become its rules is in ``markers.py``.
+
 Per-test work is kept small because a suite may build thousands of disks:
 rule files are parsed once per session (cached by path, mtime and the events
 they were read with), an image is one ``ftruncate``, and the report section
@@ -18,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,49 +34,41 @@ from .disk import Disk, create_image, parse_size
 from .engine import Engine, Hold
 from .errors import RuleError
 from .events import EventRegistry
+from .markers import MarkerError, add_marker_help, build_plan, check_disk_name, resolve_path
+from .options import (
+    EVENTS_HELP,
+    REPORT_HELP,
+    RULES_HELP,
+    SIZE_HELP,
+    STRICT_HELP,
+    WAIT_TIMEOUT_HELP,
+    Settings,
+    add_options,
+    report_shows_passes,
+)
 from .report import format_report, format_size, report_properties
-from .rules import Rule, make_rule
+from .rules import Rule
 
-__all__ = ["DiskFactory", "Settings", "blkdebug_disk", "blkdebug_disk_factory", "blkdebug_nbd"]
+__all__ = [
+    "DiskFactory",
+    "Settings",
+    "blkdebug_disk",
+    "blkdebug_disk_factory",
+    "blkdebug_nbd",
+    # The help texts live in options.py; tests and docs read them from here too.
+    "EVENTS_HELP",
+    "REPORT_HELP",
+    "RULES_HELP",
+    "SIZE_HELP",
+    "STRICT_HELP",
+    "WAIT_TIMEOUT_HELP",
+]
 
-REPORT_MODES = ("failed", "all", "none")
-DEFAULT_IMAGE_SIZE = "64M"
-DEFAULT_WAIT_TIMEOUT = 5.0
 SECTION = "blkdebug"
-RULE_MARKERS = ("inject_error", "set_state", "blkdebug_rules")
-CONFIG_MARKER = "blkdebug"
-BLKDEBUG_MARKER_ARGS = ("size", "events", "template", "strict", "name", "rules", "wait_timeout")
-
-# One help text per option, shared by the command-line flag and the ini key.
-RULES_HELP = (
-    "Rule files (QEMU blkdebug .ini/.cfg/.conf or .toml) applied to every disk, in order. "
-    "ini: paths relative to the ini file; command line: relative to the current directory, "
-    "repeatable, and APPENDED after the ini's files (use -o blkdebug_rules= to drop those)."
-)
-EVENTS_HELP = (
-    "Custom event names every disk accepts besides QEMU's 48 (e.g. journal_commit). "
-    "Command line: repeatable or comma-separated, added to the ini's names."
-)
-SIZE_HELP = f"Size of each test's image: bytes or a K/M/G/T suffix (default: {DEFAULT_IMAGE_SIZE})."
-REPORT_HELP = (
-    "When a test's report gets the 'blkdebug' section (state, history, rules, trace): "
-    "'failed' (default; passing tests too with -rA), 'all', or 'none'."
-)
-STRICT_HELP = (
-    "Fail a test at teardown when one of its rules never fired "
-    "(opt out per test: @pytest.mark.blkdebug(strict=False)). Default: off."
-)
-WAIT_TIMEOUT_HELP = (
-    f"Default timeout in seconds of disk.wait_break() (default: {DEFAULT_WAIT_TIMEOUT:g})."
-)
-NO_RULES_HELP = (
-    "Make the disks but load no rules at all (files, markers, factory rules): "
-    "shows which tests depend on their injected faults."
-)
 
 
 # ---------------------------------------------------------------------------
-# Options and settings
+# Options, markers and the session's plugin object (see options.py, markers.py)
 # ---------------------------------------------------------------------------
 
 
@@ -80,155 +77,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("blkdebug", "block error injection (pytest-blkdebug)")
-    group.addoption(
-        "--blkdebug-rules",
-        action="append",
-        dest="blkdebug_rules",
-        metavar="FILE",
-        default=None,
-        help=RULES_HELP,
-    )
-    parser.addini("blkdebug_rules", RULES_HELP, type="paths", default=[])
-    group.addoption(
-        "--blkdebug-events",
-        action="append",
-        dest="blkdebug_events",
-        metavar="NAME[,NAME]",
-        default=None,
-        help=EVENTS_HELP,
-    )
-    parser.addini("blkdebug_events", EVENTS_HELP, type="args", default=[])
-    group.addoption(
-        "--blkdebug-image-size",
-        dest="blkdebug_image_size",
-        metavar="SIZE",
-        default=None,
-        help=SIZE_HELP,
-    )
-    parser.addini("blkdebug_image_size", SIZE_HELP, default=None)
-    group.addoption(
-        "--blkdebug-report",
-        dest="blkdebug_report",
-        choices=REPORT_MODES,
-        default=None,
-        help=REPORT_HELP,
-    )
-    parser.addini("blkdebug_report", REPORT_HELP, default=None)
-    group.addoption(
-        "--blkdebug-strict",
-        dest="blkdebug_strict",
-        action="store_true",
-        default=None,
-        help=STRICT_HELP,
-    )
-    parser.addini("blkdebug_strict", STRICT_HELP, type="bool", default=False)
-    group.addoption(
-        "--blkdebug-wait-timeout",
-        dest="blkdebug_wait_timeout",
-        metavar="SECONDS",
-        default=None,
-        help=WAIT_TIMEOUT_HELP,
-    )
-    parser.addini("blkdebug_wait_timeout", WAIT_TIMEOUT_HELP, default=None)
-    group.addoption(
-        "--blkdebug-no-rules",
-        dest="blkdebug_no_rules",
-        action="store_true",
-        default=False,
-        help=NO_RULES_HELP,
-    )
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The session's options, resolved: command line > ini > default."""
-
-    rule_files: tuple[tuple[Path, str], ...]  # (absolute path, where it was configured)
-    events: tuple[str, ...]
-    image_size: int
-    report: str
-    strict: bool
-    wait_timeout: float
-    no_rules: bool
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> Settings:
-        """Read and validate every option; a bad value is a ``pytest.UsageError``."""
-        opt = config.getoption
-        ini_name = config.inipath.name if config.inipath else "-o"
-        files = [(Path(p), f"blkdebug_rules ({ini_name})") for p in config.getini("blkdebug_rules")]
-        base = config.invocation_params.dir
-        files += [(base / p, "--blkdebug-rules") for p in opt("blkdebug_rules") or ()]
-        for path, origin in files:
-            if not path.is_file():
-                raise pytest.UsageError(f"{origin}: no such rule file: {path}")
-        events = list(config.getini("blkdebug_events"))
-        for value in opt("blkdebug_events") or ():
-            events += [n for n in re.split(r"[,\s]+", value) if n]
-        try:
-            EventRegistry(events)
-        except RuleError as exc:
-            raise pytest.UsageError(f"blkdebug_events / --blkdebug-events: {exc}") from None
-        size_text = _pick(
-            opt("blkdebug_image_size"), config.getini("blkdebug_image_size"), DEFAULT_IMAGE_SIZE
-        )
-        try:
-            size = parse_size(size_text)
-        except ValueError as exc:
-            raise pytest.UsageError(f"blkdebug_image_size / --blkdebug-image-size: {exc}") from None
-        report = _pick(opt("blkdebug_report"), config.getini("blkdebug_report"), "failed")
-        if report not in REPORT_MODES:
-            raise pytest.UsageError(
-                f"blkdebug_report: invalid value {report!r} (allowed: {', '.join(REPORT_MODES)})"
-            )
-        try:
-            strict = bool(_pick(opt("blkdebug_strict"), config.getini("blkdebug_strict"), False))
-        except ValueError as exc:
-            raise pytest.UsageError(f"blkdebug_strict: {exc} (use true or false)") from None
-        timeout_text = _pick(
-            opt("blkdebug_wait_timeout"),
-            config.getini("blkdebug_wait_timeout"),
-            DEFAULT_WAIT_TIMEOUT,
-        )
-        try:
-            wait_timeout = float(timeout_text)
-            if not wait_timeout > 0:
-                raise ValueError
-        except ValueError:
-            raise pytest.UsageError(
-                f"blkdebug_wait_timeout / --blkdebug-wait-timeout: invalid "
-                f"value {timeout_text!r} (a number of seconds > 0)"
-            ) from None
-        return cls(
-            tuple(files),
-            tuple(events),
-            size,
-            report,
-            strict,
-            wait_timeout,
-            bool(opt("blkdebug_no_rules")),
-        )
-
-
-def _pick(cli: Any, ini: Any, default: Any) -> Any:
-    """Command line > ini > default (an empty ini value counts as unset)."""
-    if cli is not None:
-        return cli
-    if ini is not None and ini != "":
-        return ini
-    return default
-
-
-def _show_passes(config: pytest.Config) -> bool:
-    """Whether ``-r`` asks for passed tests' sections (``P``, or ``A``; ``N`` resets)."""
-    shown = False
-    for char in getattr(config.option, "reportchars", "") or "":
-        if char in "AP":
-            shown = True
-        elif char in "aN":
-            shown = False
-    return shown
+    add_options(parser)
 
 
 _SESSION = pytest.StashKey["_Session"]()
@@ -236,27 +85,7 @@ _FACTORY = pytest.StashKey["DiskFactory"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "inject_error(event, **attrs): an inject-error rule for this test's blkdebug disks "
-        "(attrs: errno, sector, once, immediately, iotype, state, name).",
-    )
-    config.addinivalue_line(
-        "markers",
-        "set_state(event, new_state, **attrs): a set-state rule for this test's blkdebug "
-        "disks (attrs: state, name).",
-    )
-    config.addinivalue_line(
-        "markers",
-        "blkdebug_rules(*paths): rule files (QEMU ini or TOML) for this test's blkdebug "
-        "disks, relative to the test file's directory, then the rootdir.",
-    )
-    config.addinivalue_line(
-        "markers",
-        "blkdebug(size=None, events=(), template=None, strict=None, name='disk', rules=True, "
-        "wait_timeout=None): configure this test's blkdebug disk (rules=False: ignore the "
-        "blkdebug_rules option's files).",
-    )
+    add_marker_help(config)
     session = _Session(config, Settings.from_config(config))
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "blkdebug-session")
@@ -291,7 +120,7 @@ class _Session:
         self.config = config
         self.settings = settings
         self.show_passes = settings.report == "all" or (
-            settings.report == "failed" and _show_passes(config)
+            settings.report == "failed" and report_shows_passes(config)
         )
         self._files: dict[tuple[Any, ...], tuple[list[Rule], tuple[str, ...]]] = {}
         self._dir_events: dict[Path, tuple[str, ...]] = {}
@@ -397,214 +226,6 @@ def _relative(path: Path, root: Path) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Markers -> a test's plan
-# ---------------------------------------------------------------------------
-
-
-def _marks_as_written(item: pytest.Item) -> list[tuple[pytest.Mark, Any]]:
-    """This plugin's markers, module -> class -> function, each top to bottom.
-
-    pytest stores stacked decorators bottom-up (the one nearest the function
-    is applied first); a ``pytestmark = [...]`` list is kept as written. A
-    decorator stores ``Mark`` objects, a list holds ``MarkDecorator``s, which
-    is how the two are told apart.
-    """
-    names = (*RULE_MARKERS, CONFIG_MARKER)
-    result: list[tuple[pytest.Mark, Any]] = []
-    for node in item.listchain():
-        own = [m for m in node.own_markers if m.name in names]
-        if len(own) > 1 and isinstance(node, (pytest.Class, pytest.Function)):
-            own = _decorator_order(node.obj, own)
-        result.extend((m, node) for m in own)
-    return result
-
-
-def _decorator_order(obj: Any, own: list[pytest.Mark]) -> list[pytest.Mark]:
-    if isinstance(obj, type):
-        raws = [k.__dict__.get("pytestmark") for k in obj.__mro__]
-    else:
-        raws = [getattr(obj, "pytestmark", None)]
-    index = {id(m): i for i, m in enumerate(own)}
-    own = list(own)
-    for raw in raws:
-        if not isinstance(raw, list) or not all(isinstance(m, pytest.Mark) for m in raw):
-            continue
-        positions = [index[id(m)] for m in raw if id(m) in index]
-        for pos, mark in zip(sorted(positions), [own[p] for p in positions][::-1], strict=False):
-            own[pos] = mark
-    return own
-
-
-def _mark_text(mark: pytest.Mark, node: Any) -> str:
-    args = [repr(a) for a in mark.args] + [f"{k}={v!r}" for k, v in mark.kwargs.items()]
-    where = node.nodeid or str(getattr(node, "path", ""))
-    return f"@pytest.mark.{mark.name}({', '.join(args)}) [{where}]"
-
-
-class _MarkerError(Exception):
-    """A marker or option could not be turned into rules; fails the test at setup."""
-
-
-@dataclass
-class _Plan:
-    """What a test's markers ask for, resolved once per test."""
-
-    events: tuple[str, ...]
-    rules: list[Rule]
-    sources: list[str]
-    size: int | None = None
-    template: str | None = None
-    strict: bool = False
-    name: str = "disk"
-    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def _resolve_path(value: object, item: pytest.Item, what: str) -> Path:
-    """A path from a marker or factory call: absolute, else relative to the
-    test file's directory, else to the rootdir."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise _MarkerError(f"{what}: expected a path, not {value!r}")
-    path = Path(value)
-    candidates = (
-        [path] if path.is_absolute() else [item.path.parent / path, item.config.rootpath / path]
-    )
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise _MarkerError(
-        f"{what}: no such file {os.fspath(value)!r} (looked for "
-        f"{' and '.join(str(c) for c in candidates)})"
-    )
-
-
-def _build_plan(item: pytest.Item, session: _Session, ihook: Any) -> _Plan:
-    settings = session.settings
-    marks = _marks_as_written(item)
-    options: dict[str, Any] = {}
-    for mark, node in marks:
-        if mark.name != CONFIG_MARKER:
-            continue
-        text = _mark_text(mark, node)
-        if mark.args:
-            raise _MarkerError(
-                f"{text}: takes keyword arguments only (allowed: {', '.join(BLKDEBUG_MARKER_ARGS)})"
-            )
-        for key in mark.kwargs:
-            if key not in BLKDEBUG_MARKER_ARGS:
-                raise _MarkerError(
-                    f"{text}: unknown argument {key!r} (allowed: {', '.join(BLKDEBUG_MARKER_ARGS)})"
-                )
-        options.update((k, (v, text)) for k, v in mark.kwargs.items())
-    plan = _Plan(
-        events=(), rules=[], sources=[], strict=settings.strict, wait_timeout=settings.wait_timeout
-    )
-    marker_events: list[str] = []
-    for key, (value, text) in options.items():
-        plan.options[key] = value
-        try:
-            if key == "size":
-                plan.size = parse_size(value)
-            elif key == "events":
-                marker_events = [value] if isinstance(value, str) else list(value)
-                EventRegistry(marker_events)
-            elif key == "template":
-                plan.template = str(_resolve_path(value, item, f"{text}: template"))
-            elif key in ("strict", "rules"):
-                if not isinstance(value, bool):
-                    raise ValueError(f"must be True or False, not {value!r}")
-                if key == "strict":
-                    plan.strict = value
-            elif key == "name":
-                _check_disk_name(value)
-                plan.name = value
-            elif key == "wait_timeout":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                    raise ValueError(f"must be a number of seconds > 0, not {value!r}")
-                plan.wait_timeout = float(value)
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, _MarkerError):
-                raise
-            raise _MarkerError(f"{text}: argument {key!r}: {exc}") from None
-    registry = EventRegistry(settings.events)
-    try:
-        for name in session.hook_events(item, ihook):
-            registry.register(name)
-    except RuleError as exc:
-        raise _MarkerError(f"pytest_blkdebug_register_events: {exc}") from None
-    for name in marker_events:
-        registry.register(name)
-
-    def add(rules: Iterable[Rule], source: str) -> None:
-        for rule in rules:
-            plan.rules.append(rule)
-            plan.sources.append(source)
-
-    if plan.options.get("rules", True):
-        for path, origin in settings.rule_files:
-            try:
-                add(session.load_file(path, registry), f"{origin}: {path}")
-            except RuleError as exc:
-                raise _MarkerError(f"{origin}: {exc}") from None
-    for mark, node in marks:
-        if mark.name == CONFIG_MARKER:
-            continue
-        text = _mark_text(mark, node)
-        if mark.name == "blkdebug_rules":
-            if mark.kwargs or not mark.args:
-                raise _MarkerError(f"{text}: takes one or more rule file paths, positionally")
-            for value in mark.args:
-                path = _resolve_path(value, item, f"{text}: rule file")
-                try:
-                    add(session.load_file(path, registry), f"{text}: {path}")
-                except RuleError as exc:
-                    raise _MarkerError(f"{text}: {exc}") from None
-            continue
-        add([_marker_rule(mark, text, registry)], text)
-    _check_names(plan)
-    plan.events = tuple(registry.custom)
-    if settings.no_rules:
-        plan.rules, plan.sources = [], []
-    return plan
-
-
-def _marker_rule(mark: pytest.Mark, text: str, registry: EventRegistry) -> Rule:
-    """``inject_error(event, **attrs)`` / ``set_state(event, new_state, **attrs)``."""
-    kind = "inject-error" if mark.name == "inject_error" else "set-state"
-    positional = ("event",) if kind == "inject-error" else ("event", "new_state")
-    if len(mark.args) > len(positional):
-        raise _MarkerError(
-            f"{text}: takes at most {len(positional)} positional argument(s) "
-            f"({', '.join(positional)}); give the others by keyword"
-        )
-    attrs = dict(mark.kwargs)
-    for key, value in zip(positional, mark.args, strict=False):
-        if key in attrs:
-            raise _MarkerError(f"{text}: argument {key!r} given twice")
-        attrs[key] = value
-    try:
-        rule = make_rule(kind, attrs)
-        registry.check(rule.event)
-    except RuleError as exc:
-        raise _MarkerError(f"{text}: {exc}") from None
-    return rule
-
-
-def _check_names(plan: _Plan) -> None:
-    seen: dict[str, str] = {}
-    for position, (rule, source) in enumerate(zip(plan.rules, plan.sources, strict=False)):
-        name = rule.name or f"{rule.kind}#{position + 1}"
-        if name in seen:
-            raise _MarkerError(f"duplicate rule name {name!r}: from {seen[name]} and from {source}")
-        seen[name] = source
-
-
-def _check_disk_name(value: object) -> None:
-    if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
-        raise ValueError(f"must be a file name without '/', not {value!r}")
-
-
-# ---------------------------------------------------------------------------
 # The factory and the fixtures
 # ---------------------------------------------------------------------------
 
@@ -627,7 +248,7 @@ class DiskFactory:
         self.session = session
         self.tmp_path = tmp_path
         self.ihook = item.ihook
-        self.plan = _build_plan(item, session, self.ihook)
+        self.plan = build_plan(item, session, self.ihook)
         self.disks: list[Disk] = []
         self._labels: dict[int, str] = {}  # id(engine) -> report label
         self._engines: list[Engine] = []
@@ -655,7 +276,7 @@ class DiskFactory:
         if name is None:
             n = len(self.disks) + 1
             name = self.plan.name if n == 1 else f"{self.plan.name}{n}"
-        _check_disk_name(name)
+        check_disk_name(name)
         filename = name if "." in name else f"{name}.img"
         path = self.tmp_path / filename
         if any(d.path == str(path) for d in self.disks):
@@ -676,7 +297,7 @@ class DiskFactory:
         tpl = (
             self.plan.template
             if template is None
-            else str(_resolve_path(template, self.item, "blkdebug_disk_factory: template"))
+            else str(resolve_path(template, self.item, "blkdebug_disk_factory: template"))
         )
         if size is not None:
             nbytes = parse_size(size)
@@ -731,8 +352,8 @@ class DiskFactory:
         for entry in rules:
             if isinstance(entry, (str, os.PathLike)):
                 try:
-                    path = _resolve_path(entry, self.item, "blkdebug_disk_factory: rules")
-                except _MarkerError as exc:
+                    path = resolve_path(entry, self.item, "blkdebug_disk_factory: rules")
+                except MarkerError as exc:
                     raise FileNotFoundError(str(exc)) from None
                 result += self.session.load_file(path, registry)
             else:
@@ -817,7 +438,7 @@ def blkdebug_disk_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Ite
     item = request.node
     try:
         factory = DiskFactory(item, request.config.stash[_SESSION], tmp_path)
-    except _MarkerError as exc:
+    except MarkerError as exc:
         pytest.fail(f"blkdebug: {exc}", pytrace=False)
     item.stash[_FACTORY] = factory
     try:
