@@ -20,6 +20,10 @@ status 1 instead. Commands that qemu-io treats as failed (exit status 1) are
 the same here: a failed ``read``/``write``/``discard``/``flush``, a pattern
 mismatch of ``read -P``, bad arguments, unknown commands and failed
 breakpoint commands; an ``aio_read``/``aio_write`` that fails does not count.
+
+One module on purpose: qemu-io's command language (getopt, qemu_strtosz
+numbers, output formats, argument checks) and the event loop that runs it are
+one unit, tested line by line against qemu-io (tests/test_cli.py).
 """
 
 from __future__ import annotations
@@ -36,9 +40,18 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from .disk import Disk
+from .disk import (
+    DISCARD_SEQ,
+    FLUSH_TO_DISK,
+    FLUSH_TO_OS,
+    READ_SEQ,
+    WRITE_SEQ,
+    WRITE_ZEROES_SEQ,
+    Disk,
+)
 from .engine import Hold
 from .errors import BreakpointError, BreakpointTimeout, RuleError
+from .report import format_report
 
 PROG = "blkdebug-io"
 DEFAULT_WAIT_TIMEOUT = 10.0
@@ -48,6 +61,15 @@ _SETTLE_LIMIT = 10_000
 #: BDRV_REQUEST_MAX_BYTES in QEMU 7.2: the longest request qemu-io accepts.
 MAX_REQUEST = 2147483136
 INT64_MAX = (1 << 63) - 1
+#: The events each synchronous request may raise (a pending breakpoint on one
+#: of them could suspend it).
+_SYNC_EVENTS = {
+    "read": READ_SEQ.before,
+    "write": WRITE_SEQ.before + WRITE_SEQ.after,
+    "write_zeroes": WRITE_ZEROES_SEQ.before + WRITE_ZEROES_SEQ.after,
+    "discard": DISCARD_SEQ.before + DISCARD_SEQ.after,
+    "flush": (FLUSH_TO_OS, FLUSH_TO_DISK),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -569,6 +591,13 @@ def _parser() -> _Parser:
         help=f"longest wait of wait_break and aio_flush (default "
         f"{DEFAULT_WAIT_TIMEOUT:g}; qemu-io waits forever)",
     )
+    p.add_argument(
+        "--sync-via",
+        choices=("disk", "aio"),
+        default="disk",
+        help="how read/write/discard/flush reach the image: the Disk's blocking methods "
+        "(default) or its asyncio view (the conformance tests run both)",
+    )
     p.add_argument("filename", nargs="?", metavar="FILENAME")
     return p
 
@@ -629,8 +658,10 @@ class Session:
         out: TextIO,
         err: TextIO,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        sync_via_aio: bool = False,
     ) -> None:
         self.disk = disk
+        self.sync_via_aio = sync_via_aio
         self.blkdebug = over_blkdebug
         self.out = out
         self.err = err
@@ -711,8 +742,7 @@ class Session:
                     self.failed = True
                 await self.settle()
             await self._wait_until(
-                lambda: not self.tasks or not self._pending(),
-                "requests are still suspended at the end of the script",
+                lambda: not self._pending(), "requests are still suspended at the end of the script"
             )
         except _Hang as hang:
             print(
@@ -760,9 +790,15 @@ class Session:
 
     # -- request commands --------------------------------------------------------
 
-    async def _sync(self, coro: Awaitable[object], what: str) -> object:
-        """Run one synchronous request: wait for its task (others progress too)."""
-        task = self._spawn(coro)  # type: ignore[arg-type]
+    async def _sync(self, method: str, *args: object) -> object:
+        """One synchronous request, by the Disk's blocking method; as a task on
+        its aio view with ``--sync-via aio`` or when a pending breakpoint could
+        suspend it (then qemu-io would hang, and the task lets us see it)."""
+        pending = {event for event, _ in self.disk.engine.pending_breakpoints}
+        if not self.sync_via_aio and not pending.intersection(_SYNC_EVENTS[method]):
+            return getattr(self.disk, method)(*args)
+        task = self._spawn(getattr(self.disk.aio, method)(*args))
+        what = "write -z" if method == "write_zeroes" else method
         await self._wait_until(
             task.done, f"{what} is suspended at a breakpoint and nothing can resume it"
         )
@@ -772,7 +808,7 @@ class Session:
         a = parse_read(spec, argv, self.err)
         t0 = time.perf_counter()
         try:
-            data = await self._sync(self.disk.aio.read(a.offset, a.length), "read")
+            data = await self._sync("read", a.offset, a.length)
         except OSError as exc:
             self.say(f"read failed: {strerror(exc)}")
             return -(exc.errno or errno.EIO)
@@ -793,16 +829,15 @@ class Session:
 
     async def cmd_write(self, spec: Spec, argv: list[str]) -> int:
         a = parse_write(spec, argv, self.err)
-        aio = self.disk.aio
         t0 = time.perf_counter()
         try:
             if a.zero:
-                await self._sync(aio.write_zeroes(a.offset, a.length), "write -z")
+                await self._sync("write_zeroes", a.offset, a.length)
             elif a.length > self.disk.size:  # out of range: fail before building data
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
             else:
                 data = bytes([a.pattern]) * a.length
-                await self._sync(aio.write(a.offset, data), "write")
+                await self._sync("write", a.offset, data)
         except OSError as exc:
             self.say(f"write failed: {strerror(exc)}")
             return -(exc.errno or errno.EIO)
@@ -814,7 +849,7 @@ class Session:
         a = parse_discard(spec, argv, self.err)
         t0 = time.perf_counter()
         try:
-            await self._sync(self.disk.aio.discard(a.offset, a.length), "discard")
+            await self._sync("discard", a.offset, a.length)
         except OSError as exc:
             self.say(f"discard failed: {strerror(exc)}")
             return -(exc.errno or errno.EIO)
@@ -824,7 +859,7 @@ class Session:
 
     async def cmd_flush(self, spec: Spec, argv: list[str]) -> int:
         try:
-            await self._sync(self.disk.aio.flush(), "flush")
+            await self._sync("flush")
         except OSError as exc:  # qemu-io prints nothing, but the command failed
             return -(exc.errno or errno.EIO)
         return 0
@@ -954,30 +989,6 @@ class Session:
         return 0
 
 
-def format_report(disk: Disk) -> str:
-    """The ``--report`` text: report.py's view when available."""
-    try:
-        from .report import format_report as full
-    except ImportError:  # pragma: no cover - report.py is optional here
-        full = None
-    if full is not None:
-        return full(disk)
-    lines = [
-        f"disk {disk.path}",
-        f"state: {disk.state}",
-        "history: "
-        + (
-            ", ".join(f"{c.old} -> {c.new} ({c.event})" for c in disk.history) or "no state changes"
-        ),
-    ]
-    for s in disk.rules:
-        lines.append(
-            f"  {s.name}  {s.kind}  {s.event}  armed={s.armed} hits={s.hits} "
-            f"consumed={'yes' if s.consumed else 'no'}"
-        )
-    return "\n".join(lines)
-
-
 def main(
     argv: list[str] | None = None,
     *,
@@ -1040,7 +1051,7 @@ def main(
         source = stdin if stdin is not None else sys.stdin
         commands = [line.rstrip("\r\n") for line in source]
     try:
-        session = Session(disk, over_blkdebug, out, err, args.wait_timeout)
+        session = Session(disk, over_blkdebug, out, err, args.wait_timeout, args.sync_via == "aio")
         try:
             status = asyncio.run(session.run(commands))
         finally:

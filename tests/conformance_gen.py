@@ -19,7 +19,7 @@ import random
 import re
 import shlex
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,16 +70,22 @@ def random_rules(
     events: Sequence[str] = RULE_EVENTS,
     max_rules: int = 4,
 ) -> str:
-    """A QEMU ini file with 0..max_rules inject-error and set-state rules."""
+    """A QEMU ini file with 0..max_rules inject-error and set-state rules.
+
+    The rules of one file share a few events, so that they meet: set-state
+    rules compete on one event, inject-error rules replace each other's
+    arming, state conditions gate what the other rules did.
+    """
     groups: list[str] = []
+    events = rng.sample(list(events), rng.randint(2, min(4, len(events))))
     for i in range(rng.randint(0, max_rules)):
         lines: list[str]
-        if rng.random() < 0.65:
+        if rng.random() < 0.55:
             header = f'[inject-error "r{i}"]' if rng.random() < 0.2 else "[inject-error]"
             lines = [header, f'event = "{rng.choice(events)}"']
             if rng.random() < 0.85:
                 lines.append(f'errno = "{_weighted(rng, ERRNOS)}"')
-            if rng.random() < 0.4:
+            if rng.random() < 0.5:
                 lines.append(f'state = "{rng.randint(0, 3)}"')
             if rng.random() < 0.4:
                 lines.append(f'sector = "{rng.choice(sectors)}"')
@@ -93,10 +99,33 @@ def random_rules(
             lines = ["[set-state]", f'event = "{rng.choice(events)}"']
             if rng.random() < 0.6:
                 lines.append(f'state = "{rng.randint(0, 3)}"')
-            if rng.random() < 0.85:
+            if rng.random() < 0.9:
                 lines.append(f'new_state = "{rng.randint(0, 3)}"')
         groups.append("\n".join(lines) + "\n")
     return "\n".join(groups)
+
+
+def competing_rules(rng: random.Random, sectors: Sequence[int]) -> str:
+    """Two set-state rules that compete on one event, inject-error rules gated
+    on each of their target states, and a few random rules mixed in: the
+    first-defined set-state rule, the same-event state rule and the
+    persistence of armed rules all show in the outcome."""
+    trigger, victim = rng.sample(RULE_EVENTS[:-1], 2)
+    targets = rng.sample([0, 1, 2, 3], 2)
+    cond = f'state = "{rng.choice([0, 1])}"\n' if rng.random() < 0.5 else ""
+    groups = [
+        f'[set-state]\nevent = "{trigger}"\n{cond}new_state = "{targets[0]}"\n',
+        f'[set-state]\nevent = "{trigger}"\n{cond}new_state = "{targets[1]}"\n',
+    ]
+    for target, err in zip(targets, (5, 28), strict=True):
+        once = f'once = "{rng.choice(["on", "off"])}"\n'
+        event = rng.choice([victim, trigger])
+        groups.append(
+            f'[inject-error]\nevent = "{event}"\nstate = "{target}"\nerrno = "{err}"\n{once}'
+        )
+    extra = random_rules(rng, sectors, max_rules=2)
+    rng.shuffle(groups)
+    return "\n".join(groups) + ("\n" + extra if extra else "")
 
 
 # ---------------------------------------------------------------------------
@@ -135,7 +164,7 @@ class Scenario:
             if self.fill:
                 f.write(bytes([FILL_BYTE]) * self.fill)
 
-    def reproduction(self) -> str:
+    def reproduction(self, extra: Sequence[str] = ()) -> str:
         prep = f"truncate -s {self.size} img.raw"
         if self.fill:
             prep += f" && qemu-io -f raw -c 'write -P {FILL_BYTE:#x} 0 {self.fill}' img.raw"
@@ -145,7 +174,8 @@ class Scenario:
             if self.rules
             else "(no rule file)\n"
         )
-        return f"scenario {self.ident}\n{rules}{prep}\nqemu-io {args}\nblkdebug-io {args}"
+        ours = " ".join([*extra, args])
+        return f"scenario {self.ident}\n{rules}{prep}\nqemu-io {args}\nblkdebug-io {ours}"
 
 
 @dataclass
@@ -166,11 +196,11 @@ def run_qemu(scenario: Scenario, directory: Path) -> Outcome:
     return Outcome(proc.stdout, proc.stderr, proc.returncode, (directory / "img.raw").read_bytes())
 
 
-def run_ours(scenario: Scenario, directory: Path) -> Outcome:
+def run_ours(scenario: Scenario, directory: Path, extra: Sequence[str] = ()) -> Outcome:
     scenario.prepare(directory)
     out, err = io.StringIO(), io.StringIO()
     args = scenario.qemu_args(str(directory / "r.ini"), str(directory / "img.raw"))
-    status = cli.main(args, stdout=out, stderr=err)
+    status = cli.main([*extra, *args], stdout=out, stderr=err)
     return Outcome(out.getvalue(), err.getvalue(), status, (directory / "img.raw").read_bytes())
 
 
@@ -187,8 +217,11 @@ def _first_byte_difference(a: bytes, b: bytes) -> str:
     return ""
 
 
-def compare(scenario: Scenario, theirs: Outcome, ours: Outcome) -> str | None:
-    """None if the runs agree, else a report with a reproduction."""
+def compare(
+    scenario: Scenario, theirs: Outcome, ours: Outcome, extra: Sequence[str] = ()
+) -> str | None:
+    """None if the runs agree, else a report with a reproduction (``extra``:
+    the options blkdebug-io had on top of qemu-io's)."""
     problems = []
     q_lines, o_lines = strip_stats(theirs.stdout), strip_stats(ours.stdout)
     if scenario.ordered:
@@ -212,7 +245,7 @@ def compare(scenario: Scenario, theirs: Outcome, ours: Outcome) -> str | None:
     return "\n".join(
         [
             "DISAGREEMENT: " + "; ".join(problems),
-            scenario.reproduction(),
+            scenario.reproduction(extra),
             f"--- qemu-io stdout (exit {theirs.status}) ---",
             theirs.stdout.rstrip(),
             "--- qemu-io stderr ---",
@@ -235,13 +268,17 @@ def run_scenarios(
     scenarios: Sequence[Scenario],
     workdir: Path,
     workers: int = 2,
-    check: Callable[[Scenario, Outcome, Outcome], str | None] = compare,
+    variants: Sequence[Sequence[str]] = ((),),
 ) -> Results:
-    """qemu-io in a thread pool; blkdebug-io in this thread meanwhile."""
+    """qemu-io in a thread pool; meanwhile blkdebug-io in this thread, once
+    per variant (extra options, e.g. ``("--sync-via", "aio")``)."""
     results = Results()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run_qemu, s, workdir / s.ident / "qemu") for s in scenarios]
-        ours = [run_ours(s, workdir / s.ident / "ours") for s in scenarios]
+        ours = [
+            [run_ours(s, workdir / s.ident / f"ours{i}", v) for i, v in enumerate(variants)]
+            for s in scenarios
+        ]
         for scenario, future, mine in zip(scenarios, futures, ours, strict=True):
             try:
                 theirs = future.result()
@@ -251,9 +288,10 @@ def run_scenarios(
                 )
                 continue
             results.ran += 1
-            problem = check(scenario, theirs, mine)
-            if problem:
-                results.disagreements.append(problem)
+            for variant, outcome in zip(variants, mine, strict=True):
+                problem = compare(scenario, theirs, outcome, variant)
+                if problem:
+                    results.disagreements.append(problem)
     return results
 
 
@@ -333,11 +371,14 @@ def sync_scenarios(count: int, base_seed: int) -> list[Scenario]:
     for i in range(count):
         size = _weighted(rng, SIZES)
         sectors = [rng.randint(0, 15) for _ in range(3)] + [size // 512 - 1, size // 512 + 4]
-        rules: str | None = random_rules(rng, sectors)
+        if rng.random() < 0.25:
+            rules: str | None = competing_rules(rng, sectors)
+        else:
+            rules = random_rules(rng, sectors, max_rules=rng.choice([2, 4, 6]))
         if not rules and rng.random() < 0.5:
             rules = "" if rng.random() < 0.5 else None
         patterns = [0, FILL_BYTE]
-        commands = [random_command(rng, size, patterns) for _ in range(rng.randint(1, 10))]
+        commands = [random_command(rng, size, patterns) for _ in range(rng.randint(1, 14))]
         fill = rng.choice([0, 4096, 16384])
         scenarios.append(Scenario(f"s{base_seed}-{i}", rules, commands, size, min(fill, size)))
     return scenarios

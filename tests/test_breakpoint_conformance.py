@@ -27,11 +27,12 @@ pytestmark = requires_qemu_io
 DEFAULT_SEED = 46
 SCENARIOS = 400
 MIN_SCENARIOS = 200
+VIEWS = ((), ("--sync-via", "aio"))  # sync commands by the Disk's methods, then by aio
 
 
 def test_random_breakpoint_scripts_agree_with_qemu_io(tmp_path: Path) -> None:
     scenarios = cg.breakpoint_scenarios(SCENARIOS, cg.seed(DEFAULT_SEED))
-    results = cg.run_scenarios(scenarios, tmp_path)
+    results = cg.run_scenarios(scenarios, tmp_path, variants=VIEWS)
     assert results.ran >= MIN_SCENARIOS, cg.summary(results)
     assert not results.disagreements, cg.summary(results)
 
@@ -60,9 +61,10 @@ def test_breakpoint_scenarios_cover_every_shape(tmp_path: Path) -> None:
 def _agree(tmp_path: Path, commands: list[str], rules: str = "") -> cg.Outcome:
     scenario = cg.Scenario(tmp_path.name, rules, commands, 1 << 20, ordered=False)
     theirs = cg.run_qemu(scenario, tmp_path / "qemu")
-    ours = cg.run_ours(scenario, tmp_path / "ours")
-    problem = cg.compare(scenario, theirs, ours)
-    assert problem is None, problem
+    for i, view in enumerate(VIEWS):
+        ours = cg.run_ours(scenario, tmp_path / f"ours{i}", view)
+        problem = cg.compare(scenario, theirs, ours, view)
+        assert problem is None, problem
     return ours
 
 

@@ -72,6 +72,7 @@ def test_help_exits_zero_and_shows_the_usage(image: Path) -> None:
         (["-t", "none", "img.raw"], "always behaves as qemu-io -t writeback"),
         (["-t", "bogus", "img.raw"], "blkdebug-io: Invalid cache option: bogus"),
         (["-f", "qcow2", "img.raw"], "image format 'qcow2' is not supported"),
+        (["--sync-via", "thread", "img.raw"], "argument --sync-via: invalid choice: 'thread'"),
     ],
 )
 def test_bad_and_refused_options_exit_one_with_a_clear_message(

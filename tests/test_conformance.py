@@ -5,9 +5,11 @@ overrides it): a random QEMU ini file of inject-error and set-state rules on
 the events a raw image raises, a raw image of 1 MiB or less, and a script of
 ``read``, ``read -P``, ``write``, ``write -P``, ``write -z``, ``discard``,
 ``flush`` and ``length`` with aligned, unaligned, zero-length and
-past-the-end requests. Each runs through ``qemu-io -f raw -t writeback`` and
-through ``blkdebug-io`` (in-process, about 1.5 ms a scenario against 110 ms
-for a subprocess); stdout without the statistics lines, the exit status and
+past-the-end requests; a quarter of the files hold competing set-state rules
+and inject-error rules gated on their states. Each runs through ``qemu-io -f
+raw -t writeback`` and through ``blkdebug-io`` twice, once per Disk view
+(the blocking methods, then ``--sync-via aio``), in-process (about 1.5 ms a
+scenario against 110 ms for a subprocess); stdout without the statistics lines, the exit status and
 the final image bytes must be equal. A disagreement prints the rule file and
 both command lines, ready to paste.
 
@@ -31,12 +33,15 @@ pytestmark = requires_qemu_io
 DEFAULT_SEED = 7202
 SCENARIOS = 800
 MIN_SCENARIOS = 500
+#: blkdebug-io runs every script twice: synchronous commands through the
+#: Disk's blocking methods, then through its asyncio view.
+VIEWS = ((), ("--sync-via", "aio"))
 
 
 def test_random_sync_scripts_agree_with_qemu_io(tmp_path: Path) -> None:
     seed = cg.seed(DEFAULT_SEED)
     scenarios = cg.sync_scenarios(SCENARIOS, seed)
-    results = cg.run_scenarios(scenarios, tmp_path)
+    results = cg.run_scenarios(scenarios, tmp_path, variants=VIEWS)
     assert results.ran >= MIN_SCENARIOS, cg.summary(results)
     assert not results.disagreements, cg.summary(results)
 
@@ -85,9 +90,10 @@ state = "2"
 def _agree(tmp_path: Path, rules: str, commands: list[str], size: int = 1 << 20) -> cg.Outcome:
     scenario = cg.Scenario(tmp_path.name, rules, commands, size)
     theirs = cg.run_qemu(scenario, tmp_path / "qemu")
-    ours = cg.run_ours(scenario, tmp_path / "ours")
-    problem = cg.compare(scenario, theirs, ours)
-    assert problem is None, problem
+    for i, view in enumerate(VIEWS):
+        ours = cg.run_ours(scenario, tmp_path / f"ours{i}", view)
+        problem = cg.compare(scenario, theirs, ours, view)
+        assert problem is None, problem
     return ours
 
 
