@@ -435,6 +435,12 @@ class BreakScript:
         self.in_flight = False  # aio requests since the last aio_flush
         self.patterns = [0, FILL_BYTE, 0xCD]
         self.extra_rules: list[str] = []  # ini groups a template wants appended
+        self.trigger: tuple[str, int, int, int] = (
+            "read",
+            0,
+            0,
+            0,
+        )  # last aio: kind, where, pattern
 
     def add(self, *commands: str) -> None:
         self.commands.extend(commands)
@@ -451,15 +457,17 @@ class BreakScript:
     def aio(self, kind: str) -> None:
         """An aio request of ``kind`` on a fresh slot (it may hit a pending breakpoint)."""
         offset, length = self._slot_range()
+        pattern = 0
         if kind == "read":
-            pattern = f"-P {self.rng.choice(self.patterns):#x} " if self.rng.random() < 0.4 else ""
-            self.add(f"aio_read {pattern}{offset} {length}")
+            check = f"-P {self.rng.choice(self.patterns):#x} " if self.rng.random() < 0.4 else ""
+            self.add(f"aio_read {check}{offset} {length}")
         elif kind == "write":
             pattern = self.rng.randint(1, 255)
             self.patterns.append(pattern)
             self.add(f"aio_write -P {pattern:#x} {offset} {length}")
         else:
             self.add(f"aio_write -z {offset} {length}")
+        self.trigger = (kind, offset, length, pattern)
         for event in _KIND_EVENTS[kind]:
             # The request consumes the breakpoints of the first event that has
             # some and stops there; later ones stay reserved for it (a template
@@ -519,6 +527,13 @@ class BreakScript:
             else:
                 self.add(f"remove_break {self.rng.choice(free)}")
 
+    def peek_held_write(self, event: str, held: tuple[str, int, int, int]) -> None:
+        """Read the slot of ``held``, a write still held before its data went
+        out (between two resumes of one request): it must show the old bytes."""
+        kind, offset, length, pattern = held
+        if kind != "read" and event != "pwritev_done" and self._safe("read"):
+            self.add(f"read -P {pattern:#x} {offset} {length}")
+
     def flush_aio(self) -> None:
         self.add("aio_flush")
         self.in_flight = False
@@ -551,6 +566,7 @@ def _tpl_two_tags(b: BreakScript, rng: random.Random) -> None:
     b.brk(event, first)
     b.brk(event, second)
     b.aio(_TRIGGER[event])
+    held = b.trigger
     waits = [first, second]
     rng.shuffle(waits)
     b.add(*(f"wait_break {t}" for t in waits[: rng.randint(1, 2)]))
@@ -558,7 +574,10 @@ def _tpl_two_tags(b: BreakScript, rng: random.Random) -> None:
     order = [first, second]
     rng.shuffle(order)
     verb = "resume" if rng.random() < 0.75 else "remove_break"
-    b.add(*(f"{verb} {t}" for t in order))
+    b.add(f"{verb} {order[0]}")
+    if rng.random() < 0.5:
+        b.peek_held_write(event, held)  # one resume of two: still held
+    b.add(f"{verb} {order[1]}")
 
 
 def _tpl_one_tag_twice(b: BreakScript, rng: random.Random) -> None:
@@ -568,12 +587,16 @@ def _tpl_one_tag_twice(b: BreakScript, rng: random.Random) -> None:
     b.brk(event, tag)
     b.brk(event, tag)
     b.aio(_TRIGGER[event])
+    held = b.trigger
     if rng.random() < 0.6:
         b.aio(_TRIGGER[event])  # not suspended: both breakpoints are gone
     b.add(f"wait_break {tag}")
     b.middle({tag})
     if rng.random() < 0.8:
-        b.add(f"resume {tag}", f"resume {tag}")
+        b.add(f"resume {tag}")
+        if rng.random() < 0.5:
+            b.peek_held_write(event, held)  # one resume of two: still held
+        b.add(f"resume {tag}")
         if rng.random() < 0.5:
             b.add(f"resume {tag}")  # nothing left: an error
     else:
