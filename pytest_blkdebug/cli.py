@@ -483,8 +483,8 @@ def parse_discard(spec: Spec, argv: list[str], err: TextIO) -> Request:
     return r
 
 
-def parse_aio(spec: Spec, argv: list[str], err: TextIO, write: bool) -> Request | None:
-    """aio_read/aio_write; None for ``-i`` (an invalid request for statistics)."""
+def parse_aio(spec: Spec, argv: list[str], err: TextIO, write: bool) -> Request:
+    """aio_read/aio_write (``-i``, an invalid request for statistics, only prints)."""
     r = Request(pattern=0xCD if write else None)
     opts = GetOpt(argv, "CfiqP:uz" if write else "CP:iqv", spec)
     unmap = False
@@ -836,7 +836,7 @@ class Session:
             elif a.length > self.disk.size:  # out of range: fail before building data
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
             else:
-                data = bytes([a.pattern]) * a.length
+                data = bytes([a.pattern or 0]) * a.length
                 await self._sync("write", a.offset, data)
         except OSError as exc:
             self.say(f"write failed: {strerror(exc)}")
@@ -866,8 +866,6 @@ class Session:
 
     async def cmd_aio_read(self, spec: Spec, argv: list[str]) -> int:
         a = parse_aio(spec, argv, self.err, write=False)
-        if a is None:
-            return 0
 
         async def request() -> None:
             t0 = time.perf_counter()
@@ -890,8 +888,6 @@ class Session:
 
     async def cmd_aio_write(self, spec: Spec, argv: list[str]) -> int:
         a = parse_aio(spec, argv, self.err, write=True)
-        if a is None:
-            return 0
         aio = self.disk.aio
 
         async def request() -> None:
@@ -902,7 +898,7 @@ class Session:
                 elif a.length > self.disk.size:
                     raise OSError(errno.EIO, os.strerror(errno.EIO))
                 else:
-                    await aio.write(a.offset, bytes([a.pattern]) * a.length)
+                    await aio.write(a.offset, bytes([a.pattern or 0]) * a.length)
             except OSError as exc:
                 self.say(f"aio_write failed: {strerror(exc)}")
                 return
