@@ -9,10 +9,16 @@ real QEMU and through this project, which is how the conformance tests prove
 the engine right, and ``--report`` then shows what QEMU cannot (final state,
 state history, every rule's counters).
 
-Every request, synchronous or not, runs as an asyncio task on the disk's
-``aio`` view inside one event loop. An aio command starts its task and lets it
-run as far as it can (events, check, and a breakpoint's suspension happen
-inside the command, as in QEMU); a synchronous command waits for its own task.
+Commands run in one asyncio event loop. An aio command starts a task on the
+disk's ``aio`` view and lets it run as far as it can (events, check, and a
+breakpoint's suspension happen inside the command, as in QEMU). A synchronous
+command calls the Disk's blocking method, or, with ``--sync-via aio`` or when
+a pending breakpoint could suspend it, runs as a task and waits for it (the
+conformance tests run both ways, so both views are checked against QEMU).
+After each command every request runs until it is done or suspended; qemu-io
+lets them progress only in commands that poll, so aio completion lines may
+come earlier than qemu-io's (and an aio_write's pwritev_done event fires at
+once, where qemu-io raises it in the next polling command).
 Where qemu-io would wait forever (``aio_flush``, a synchronous request or the
 end of the script with a request suspended at a breakpoint; ``wait_break`` for
 a tag nothing can reach), blkdebug-io stops with a clear error and exit
