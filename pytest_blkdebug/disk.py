@@ -10,7 +10,6 @@ in one place and shared by the sync, asyncio (``aio.py``) and NBD views.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import io
@@ -91,7 +90,9 @@ class Extent(NamedTuple):
     data: bool
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The process's own symbols include libc's fallocate; ctypes.util.find_library
+# would spawn ldconfig and cost every pytest run ~40 ms at import.
+_libc = ctypes.CDLL(None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_CHUNK = bytes(1 << 20)
