@@ -133,3 +133,15 @@ class EventRegistry:
         if name in self:
             return name  # type: ignore[return-value]
         raise RuleError(unknown_name_message("event", str(name), self.names))
+
+
+def register_events(target: object, names: Iterable[str]) -> tuple[str, ...]:
+    """Register ``names`` with an EventRegistry, or with the registry of
+    anything that has one (an Engine, a Disk). Returns the names."""
+    registry = getattr(target, "registry", target)
+    if not isinstance(registry, EventRegistry):
+        raise TypeError(f"expected an EventRegistry, Engine or Disk, not {target!r}")
+    names = tuple(names)
+    for name in names:
+        registry.register(name)
+    return names

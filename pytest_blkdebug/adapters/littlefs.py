@@ -57,6 +57,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..disk import Disk
 from ..engine import Engine
 from ..events import EventRegistry
+from ..events import register_events as _register_events
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -89,15 +90,7 @@ def lfs_error_code(err: int | None) -> int:
 
 def register_events(target: EventRegistry | Engine | Disk) -> tuple[str, ...]:
     """Register ``EVENTS`` with a registry, or the registry of an engine or disk."""
-    if isinstance(target, Disk):
-        registry = target.engine.registry
-    elif isinstance(target, Engine):
-        registry = target.registry
-    else:
-        registry = target
-    for name in EVENTS:
-        registry.register(name)
-    return EVENTS
+    return _register_events(target, EVENTS)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -92,6 +92,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..disk import Disk
 from ..engine import Engine
 from ..events import EventRegistry
+from ..events import register_events as _register_events
 from ..rules import Rule
 
 __all__ = [
@@ -151,15 +152,7 @@ def event_name(kind: str, operation: str) -> str:
 
 def register_events(target: EventRegistry | Engine | Disk) -> tuple[str, ...]:
     """Register ``EVENTS`` with a registry, or the registry of an engine or disk."""
-    if isinstance(target, Disk):
-        registry = target.engine.registry
-    elif isinstance(target, Engine):
-        registry = target.registry
-    else:
-        registry = target
-    for name in EVENTS:
-        registry.register(name)
-    return EVENTS
+    return _register_events(target, EVENTS)
 
 
 @pytest.hookimpl(optionalhook=True)
