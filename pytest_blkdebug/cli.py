@@ -263,7 +263,7 @@ class Session:
             task = asyncio.current_task()
             suspended = self.disk.engine.suspended
             if task is not None and suspended:
-                self.holds.setdefault(task, []).append(suspended[0][1])  # type: ignore[arg-type]
+                self.holds.setdefault(task, []).append(suspended[0][1])
         elif what == "resume":
             self.say(f"blkdebug: Resuming request '{detail}'")
 

@@ -25,7 +25,7 @@ class RuleFileError(RuleError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[object, ...]:
         # The default pickling passes only the formatted text back to
         # __init__, which needs three arguments; pytest-xdist and
         # multiprocessing send errors between processes.
@@ -52,7 +52,7 @@ class InjectedError(OSError):
             f"into {self.operation} of {self.length} bytes at offset {self.offset})"
         )
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[object, ...]:
         # OSError's default pickling drops our extra arguments; xdist and
         # multiprocessing users need the error to survive a round trip.
         return (type(self), (self.errno, self.rule, self.operation, self.offset, self.length))

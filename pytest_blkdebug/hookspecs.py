@@ -56,7 +56,7 @@ def pytest_blkdebug_rule_hit(item: pytest.Item, disk: Disk, rule_name: str) -> N
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_blkdebug_make_image(  # type: ignore[empty-body]
+def pytest_blkdebug_make_image(
     item: pytest.Item, path: str, size: int, template: str | None
 ) -> str | None:
     """Build the image file for a disk and return its path, or ``None`` to

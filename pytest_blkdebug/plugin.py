@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 from . import hookspecs
@@ -192,7 +193,7 @@ class _Session:
             if _GENERATED_NAME.match(rule):  # positions differ between tests
                 key += (report.nodeid,)
             entry = self.rule_hits.setdefault(key, [0, []])
-            entry[0] += int(value)
+            entry[0] += int(str(value))  # report_properties records ints
             entry[1].append(report.nodeid)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -465,7 +466,9 @@ def blkdebug_nbd(blkdebug_disk: Disk) -> Iterator[Any]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     factory = item.stash.get(_FACTORY, None)
     if factory is None or not factory.disks:
         yield

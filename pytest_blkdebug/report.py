@@ -71,7 +71,7 @@ def rule_rows(rules: Iterable[RuleStatus]) -> list[tuple[str, ...]]:
 
     ``armed`` and ``consumed`` mean nothing for set-state rules and show ``-``.
     """
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for status in rules:
         inject = status.kind == "inject-error"
         rows.append(
@@ -117,7 +117,7 @@ TRACE_HEADERS = ("what", "request", "result", "state")
 
 def trace_rows(entries: Iterable[TraceEntry]) -> list[tuple[str, ...]]:
     """One row per event or request; a failed request names its rule."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for entry in entries:
         if entry.kind == "event":
             rows.append(("event", entry.name, "", str(entry.state)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
@@ -77,7 +78,7 @@ class RuleFileWarning(UserWarning):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {text}")
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[object, ...]:
         # Keep path/line/text across pickling (pytest-xdist, multiprocessing).
         return (type(self), (self.path, self.line, self.text))
 
@@ -206,11 +207,12 @@ _TOML_TOP = ("events", "inject-error", "set-state")
 
 def _tomllib() -> ModuleType:
     # Imported on first use so the ini reader works without tomli on 3.10.
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    else:  # pragma: no cover - Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+            # tomli ships its types; the ignore is for a 3.10 without it installed.
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
         except ModuleNotFoundError:
             raise RuleError(
                 "reading TOML rule files on Python 3.10 needs 'tomli' (pip install tomli)"
@@ -270,7 +272,7 @@ def _parse_toml(
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        line: int | None = data.count(b"\n", 0, exc.start) + 1
         raise RuleFileError(path, line, f"not valid UTF-8 ({exc.reason})") from None
     try:
         doc = tomllib.loads(text)

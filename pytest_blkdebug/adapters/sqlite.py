@@ -298,9 +298,11 @@ class DiskVFS(apsw.VFS):
 
     # -- apsw.VFS ---------------------------------------------------------------
 
-    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> _File:  # noqa: N802
+    # apsw's stub says VFSFile, but APSW takes any object with VFSFile's methods.
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> _File:  # type: ignore[override]  # noqa: N802
         in_flags = flags[0]
         kind = _kind_for_flags(in_flags)
+        path: str | None
         if isinstance(name, apsw.URIFilename):
             path = name.filename()
         else:
