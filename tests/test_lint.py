@@ -1,0 +1,38 @@
+"""The house gates: ruff (lint and format) and mypy are clean.
+
+They run as tests so CI, which runs the README's test command, enforces them.
+A tool that is not installed skips with its name (``pip install -e '.[test]'``
+installs both).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ["pytest_blkdebug", "tests", "example_suite", "benchmarks", "conftest.py"]
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"{argv[0]} is not installed")
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_ruff_check_is_clean():
+    result = run("ruff", "check", *SOURCES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean():
+    result = run("ruff", "format", "--check", *SOURCES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean():
+    result = run("mypy", "pytest_blkdebug")
+    assert result.returncode == 0, result.stdout + result.stderr
