@@ -177,7 +177,9 @@ class Settings:
             )
         try:
             strict = bool(_pick(opt("blkdebug_strict"), config.getini("blkdebug_strict"), False))
-        except ValueError as exc:
+        except (ValueError, pytest.UsageError) as exc:
+            # pytest < 9.2 raises ValueError for a bad ini boolean, 9.2 a
+            # UsageError; neither names the option, so say which one it is.
             raise pytest.UsageError(f"blkdebug_strict: {exc} (use true or false)") from None
         timeout_text = _pick(
             opt("blkdebug_wait_timeout"),
