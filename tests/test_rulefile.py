@@ -584,7 +584,7 @@ TOML_ERRORS: list[tuple[str, int | None, str]] = [
     ('[[set-state]]\nevent = "read_aio"\n[set-state.extra]\nx = 1\n', 3, "unknown key 'extra'"),
     ('[[inject-error]]\nevent = "read_aio"\n\n[[inject-error]]\nevent = "x"\n', 5,
      "unknown event 'x'"),
-    ('x = [\n', 1, "TOML syntax error"),
+    ('x = [\n', (1, 2), "TOML syntax error"),  # tomllib: line 1; tomli on 3.10: 2 (end of input)
     ('[[inject-error]]\nevent = "read_aio"\nonce = tru\n', 3, "TOML syntax error"),
     ('a = 1\na = 2\n', 2, "TOML syntax error"),
     ('[[inject-error]]\nevent = "read_aio\n', 2, "TOML syntax error"),
@@ -594,12 +594,13 @@ TOML_ERRORS: list[tuple[str, int | None, str]] = [
 @pytest.mark.parametrize(
     ("text", "line", "fragment"), TOML_ERRORS, ids=[str(i) for i in range(len(TOML_ERRORS))]
 )
-def test_toml_errors(tmp_path: Path, text: str, line: int | None, fragment: str) -> None:
+def test_toml_errors(tmp_path: Path, text: str, line: int | tuple[int, ...], fragment: str) -> None:
     path = write(tmp_path, "e.toml", text)
     err = load_error(path)
     assert fragment in err.message
-    assert (err.path, err.line) == (str(path), line)
-    assert str(err).startswith(f"{path}:{line}: ")
+    assert err.path == str(path)
+    assert err.line in (line if isinstance(line, tuple) else (line,))
+    assert str(err).startswith(f"{path}:{err.line}: ")
 
 
 def test_toml_not_utf8(tmp_path: Path) -> None:
