@@ -351,22 +351,28 @@ class Engine:
     # -- rules -------------------------------------------------------------
 
     def add_rules(self, rules: Iterable[Rule]) -> None:
-        """Append rules in definition order (names must be unique)."""
+        """Append rules in definition order (names must be unique).
+
+        All or nothing: every rule is checked before any joins the engine.
+        """
         with self._lock:
             taken = {s.name for s in self._slots}
+            new: list[_Slot] = []
             for rule in rules:
                 if not isinstance(rule, (InjectError, SetState)):
                     raise RuleError(f"not a rule: {rule!r} (expected InjectError or SetState)")
                 self.registry.check(rule.event)
-                position = len(self._slots)
+                position = len(self._slots) + len(new)
                 name = rule.name or f"{rule.kind}#{position + 1}"
                 if name in taken:
                     raise RuleError(f"duplicate rule name {name!r}")
                 taken.add(name)
-                slot = _Slot(rule, name, position)
+                new.append(_Slot(rule, name, position))
+            for slot in new:
                 self._slots.append(slot)
-                plan = self._plans.setdefault(rule.event, _EventPlan())
-                (plan.injects if isinstance(rule, InjectError) else plan.set_states).append(slot)
+                plan = self._plans.setdefault(slot.rule.event, _EventPlan())
+                kind_list = plan.injects if isinstance(slot.rule, InjectError) else plan.set_states
+                kind_list.append(slot)
             # Arming sets change with the rule set: fold the cached groups'
             # counts into the rules before dropping the groups.
             for plan in self._plans.values():
@@ -437,7 +443,11 @@ class Engine:
 
     @property
     def trace(self) -> list[TraceEntry]:
-        """The most recent events and requests, oldest first."""
+        """The most recent entries (TRACE_LENGTH), oldest first: events that
+        had rules or breakpoints, events the code announced with
+        ``Disk.event``, and every request a rule decided. Plain requests
+        and events nothing watches are left out: recording them would cost
+        every request more than the check itself."""
         return [_trace_entry(raw) for raw in list(self._trace)]
 
     def add_observer(self, observer: Observer) -> None:

@@ -425,3 +425,11 @@ def test_created_image_is_sparse_and_of_the_asked_size(tmp_path):
     assert disk.size == st.st_size == 1 << 30
     assert st.st_blocks == 0
     assert disk.block_status(0, 1 << 30) == [bd.Extent(0, 1 << 30, False)]
+
+
+def test_adding_rules_is_all_or_nothing(tmp_path):
+    disk = make_disk(tmp_path, [InjectError("read_aio", name="kept")])
+    with pytest.raises(bd.RuleError, match="unknown event 'nope'"):
+        disk.engine.add_rules([SetState("read_aio", 3), InjectError("nope")])
+    assert [r.name for r in disk.rules] == ["kept"]
+    assert outcome(disk.read, 0, 1) == EIO and disk.state == 1  # the set-state never joined
