@@ -157,7 +157,7 @@ class AsyncDisk:
         engine = self.disk.engine
         while not engine.is_suspended(tag):
             if loop.time() >= deadline:
-                # Let the engine build the message (tag, events seen, pending).
+                # Let the engine build the message (tag, pending, recent events).
                 engine.wait_break(tag, 0)
             await asyncio.sleep(0.001)
 

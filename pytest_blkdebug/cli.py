@@ -555,7 +555,7 @@ class Session:
             if "gave up" not in str(hang):
                 raise
             try:
-                engine.wait_break(tag, 0)  # the engine's message: events seen, pending
+                engine.wait_break(tag, 0)  # the engine's message: pending, recent events
             except BreakpointTimeout as exc:
                 raise _Hang(f"wait_break {tag}: {exc}") from None
         return 0
