@@ -11,8 +11,8 @@ Hot path: every request calls ``fire`` for its events and ``check`` once.
 Both do a dict lookup or an ``is None`` test and return when nothing can
 apply, without taking the lock. Arming reuses a prebuilt index per (event,
 state), so re-arming a thousand rules costs the same as arming one, and the
-index finds the deciding rule by iotype and sector with one bisect instead of
-a walk over the active list.
+index (``active.py``) finds the deciding rule by iotype and 4 KiB page
+instead of walking the active list.
 """
 
 from __future__ import annotations
@@ -20,166 +20,24 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .active import NO_MATCHERS, ActiveIndex, Slot
 from .errors import BreakpointError, BreakpointTimeout, RuleError
-from .events import IOTYPES, EventRegistry, iotype_mask
+from .events import IOTYPES, EventRegistry
 from .rules import Breakpoint, InjectError, Rule, SetState
 
-_NO_RULE = 1 << 62  # position sentinel: larger than any definition position
-# Sector rules are bucketed by 4 KiB page of image: a request looks only at the
-# buckets it overlaps (one, for an aligned request of up to 4 KiB), so
-# the check costs the same with a thousand armed sector rules as with none.
-_BUCKET_SHIFT = 12  # also spelled out in _matcher's closure
 TRACE_LENGTH = 64
 HISTORY_LENGTH = 256
 
 
-class _Slot:
-    """One rule inside an engine: the rule plus its counters and fast fields."""
-
-    __slots__ = (
-        "rule",
-        "name",
-        "position",
-        "state",
-        "mask",
-        "offset",
-        "errno",
-        "once",
-        "immediately",
-        "new_state",
-        "hits",
-        "armed_base",
-        "consumed",
-    )
-
-    def __init__(self, rule: Rule, name: str, position: int) -> None:
-        self.rule = rule
-        self.name = name
-        self.position = position
-        self.state = rule.state
-        self.hits = 0
-        self.armed_base = 0  # arming counts folded in from dropped arm groups
-        self.consumed = False
-        if isinstance(rule, InjectError):
-            self.mask = iotype_mask(rule.iotype)
-            self.offset = rule.sector * 512 if rule.sector >= 0 else -1
-            self.errno = rule.errno
-            self.once = rule.once
-            self.immediately = rule.immediately
-            self.new_state = 0
-        else:
-            self.mask = self.offset = self.errno = 0
-            self.once = self.immediately = False
-            self.new_state = rule.new_state
-
-
-class _ActiveIndex:
-    """An immutable active list, indexed for the request check.
-
-    For each iotype: the first-defined rule that matches any sector, and the
-    sector rules bucketed by 4 KiB page. The deciding rule is the lowest
-    position among the candidates, which is exactly "the first rule in the
-    active list that matches". ``matchers[iotype](offset, length)`` is the
-    lock-free test the hot path runs (None: nothing armed covers that
-    iotype); ``find`` picks the rule.
-    """
-
-    __slots__ = ("members", "by_iotype", "matchers")
-
-    def __init__(self, members: Sequence[_Slot]) -> None:
-        self.members = tuple(members)
-        any_pos = [_NO_RULE] * len(IOTYPES)
-        buckets: list[dict[int, list[tuple[int, int]]]] = [{} for _ in IOTYPES]
-        for i, slot in enumerate(self.members):
-            for t in range(len(IOTYPES)):
-                if not slot.mask >> t & 1:
-                    continue
-                if slot.offset < 0:
-                    any_pos[t] = min(any_pos[t], i)
-                else:
-                    buckets[t].setdefault(slot.offset >> _BUCKET_SHIFT, []).append((slot.offset, i))
-        self.by_iotype = [
-            (any_pos[t], {b: tuple(v) for b, v in buckets[t].items()}) for t in range(len(IOTYPES))
-        ]
-        self.matchers = tuple(_matcher(*entry) for entry in self.by_iotype)
-
-    def find(self, iotype: int, offset: int, length: int) -> _Slot | None:
-        best, buckets = self.by_iotype[iotype]
-        if buckets and length > 0:
-            end = offset + length
-            for entries in _overlapping(buckets, offset, end):
-                for o, p in entries:
-                    if offset <= o < end and p < best:
-                        best = p
-        return None if best == _NO_RULE else self.members[best]
-
-    def without(self, slot: _Slot) -> _ActiveIndex | None:
-        rest = [s for s in self.members if s is not slot]
-        return _ActiveIndex(rest) if rest else None
-
-
-def _overlapping(
-    buckets: dict[int, tuple[tuple[int, int], ...]], offset: int, end: int
-) -> list[tuple[tuple[int, int], ...]]:
-    """The sector-rule buckets a request ``[offset, end)`` overlaps."""
-    first, last = offset >> _BUCKET_SHIFT, (end - 1) >> _BUCKET_SHIFT
-    if last - first < len(buckets):
-        keys: Iterable[int] = range(first, last + 1)
-    else:  # a huge request: walk the rules' buckets instead of the request's
-        keys = [b for b in buckets if first <= b <= last]
-    return [buckets[b] for b in keys if b in buckets]
-
-
-def _holding(slots: list[_Slot], state: int) -> list[_Slot]:
+def _holding(slots: list[Slot], state: int) -> list[Slot]:
     """The rules whose state condition holds. A helper, not an inline
     comprehension, because a comprehension in ``fire`` would make ``state`` a
     closure cell there and slow every event down."""
     return [s for s in slots if s.state == 0 or s.state == state]
-
-
-def _any_within(entries: tuple[tuple[int, int], ...], offset: int, end: int) -> bool:
-    return any(offset <= o < end for o, _ in entries)
-
-
-def _any_overlapping(
-    buckets: dict[int, tuple[tuple[int, int], ...]], offset: int, end: int
-) -> bool:
-    return any(_any_within(entries, offset, end) for entries in _overlapping(buckets, offset, end))
-
-
-def _always(offset: int, length: int) -> bool:
-    return True
-
-
-_NO_MATCHERS: tuple[None, ...] = (None,) * len(IOTYPES)
-
-
-def _matcher(
-    any_pos: int,
-    buckets: dict[int, tuple[tuple[int, int], ...]],
-) -> Callable[[int, int], bool] | None:
-    """The fastest exact "does any armed rule match" test for one iotype."""
-    if any_pos != _NO_RULE:
-        return _always
-    if not buckets:
-        return None
-    get = buckets.get
-
-    # No generator expressions in here: one would turn offset and length into
-    # closure cells and double the cost of this, the hottest function.
-    def could_match(offset: int, length: int) -> bool:
-        page = offset >> 12  # _BUCKET_SHIFT, spelled out: a constant is faster than a cell
-        if length > 0 and page == (offset + length - 1) >> 12:
-            # The usual case: the request stays within one page, one lookup.
-            entries = get(page)
-            return entries is not None and _any_within(entries, offset, offset + length)
-        return length > 0 and _any_overlapping(buckets, offset, offset + length)
-
-    return could_match
 
 
 class _ArmGroup:
@@ -187,7 +45,7 @@ class _ArmGroup:
 
     __slots__ = ("index", "times")
 
-    def __init__(self, index: _ActiveIndex) -> None:
+    def __init__(self, index: ActiveIndex) -> None:
         self.index = index
         self.times = 0
 
@@ -199,8 +57,8 @@ class _EventPlan:
 
     def __init__(self) -> None:
         self.groups: dict[int, _ArmGroup] = {}  # state -> what this event arms in it
-        self.injects: list[_Slot] = []
-        self.set_states: list[_Slot] = []
+        self.injects: list[Slot] = []
+        self.set_states: list[Slot] = []
         self.breakpoints: list[str] = []  # tags, oldest first
 
     def __bool__(self) -> bool:
@@ -329,17 +187,17 @@ class Engine:
         self._state = 1
         self._history: deque[StateChange] = deque(maxlen=HISTORY_LENGTH)
         self._transitions = 0
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         self._plans: dict[str, _EventPlan] = {}
         #: Events with rules or breakpoints; ``event in engine.live_events`` is
         #: the hot path's test for "raising this event can change anything".
         self.live_events: dict[str, object] = self._plans  # type: ignore[assignment]
         #: The armed rules, None when nothing is armed. Replaced, never mutated,
         #: so the hot path reads it without the lock.
-        self.active: _ActiveIndex | None = None
+        self.active: ActiveIndex | None = None
         #: Per iotype, the lock-free "could an armed rule match" test, or None
         #: when no armed rule covers that iotype (set together with ``active``).
-        self.matchers: tuple[Callable[[int, int], bool] | None, ...] = _NO_MATCHERS
+        self.matchers: tuple[Callable[[int, int], bool] | None, ...] = NO_MATCHERS
         self._suspended: list[_Suspension] = []  # most recent first, as QEMU's list
         self._trace: deque[tuple] = deque(maxlen=trace_length)
         self._trace_append = self._trace.append
@@ -357,7 +215,7 @@ class Engine:
         """
         with self._lock:
             taken = {s.name for s in self._slots}
-            new: list[_Slot] = []
+            new: list[Slot] = []
             for rule in rules:
                 if not isinstance(rule, (InjectError, SetState)):
                     raise RuleError(f"not a rule: {rule!r} (expected InjectError or SetState)")
@@ -367,7 +225,7 @@ class Engine:
                 if name in taken:
                     raise RuleError(f"duplicate rule name {name!r}")
                 taken.add(name)
-                new.append(_Slot(rule, name, position))
+                new.append(Slot(rule, name, position))
             for slot in new:
                 self._slots.append(slot)
                 plan = self._plans.setdefault(slot.rule.event, _EventPlan())
@@ -407,7 +265,7 @@ class Engine:
         known = ", ".join(repr(s.name) for s in self._slots) or "none"
         raise KeyError(f"no rule named {name!r} (rules: {known})")
 
-    def _armed(self, slot: _Slot) -> int:
+    def _armed(self, slot: Slot) -> int:
         total = slot.armed_base
         plan = self._plans.get(slot.rule.event)
         if plan is not None:
@@ -416,7 +274,7 @@ class Engine:
                     total += group.times
         return total
 
-    def _drop_groups_with(self, slot: _Slot) -> None:
+    def _drop_groups_with(self, slot: Slot) -> None:
         plan = self._plans[slot.rule.event]
         for state, group in list(plan.groups.items()):
             if slot in group.index.members:
@@ -477,7 +335,7 @@ class Engine:
         plan = self._plans.get(event)
         if plan is None:
             return None
-        hits: list[_Slot] = []
+        hits: list[Slot] = []
         hold = None
         # acquire/release rather than ``with``: half the cost on this path.
         self._lock.acquire()
@@ -500,7 +358,7 @@ class Engine:
                 if group is None:
                     members = _holding(plan.injects, state)  # not inline: see _holding
                     if members:
-                        group = plan.groups[state] = _ArmGroup(_ActiveIndex(members))
+                        group = plan.groups[state] = _ArmGroup(ActiveIndex(members))
                 if group is not None:
                     group.times += 1
                     self.active = group.index
@@ -538,7 +396,7 @@ class Engine:
 
     # -- request phase -------------------------------------------------------
 
-    def check(self, iotype: int, offset: int, length: int) -> _Slot | None:
+    def check(self, iotype: int, offset: int, length: int) -> Slot | None:
         """Find the armed rule that decides this request.
 
         Returns the rule's slot when it fails the request (``slot.errno`` is
@@ -555,7 +413,7 @@ class Engine:
             return None
         return self.decide(iotype, offset, length)
 
-    def decide(self, iotype: int, offset: int, length: int) -> _Slot | None:
+    def decide(self, iotype: int, offset: int, length: int) -> Slot | None:
         """Count and apply the rule that matches this request (see ``check``)."""
         with self._lock:
             # Search again under the lock: another thread may have consumed
@@ -577,13 +435,13 @@ class Engine:
             self._notify("hit", slot.name)
         return decided
 
-    def _consume(self, slot: _Slot) -> None:
+    def _consume(self, slot: Slot) -> None:
         """Delete a ``once`` rule for good: from the active list and its event."""
         slot.consumed = True
         self._drop_groups_with(slot)
         if self.active is not None:
             self.active = self.active.without(slot)
-            self.matchers = self.active.matchers if self.active is not None else _NO_MATCHERS
+            self.matchers = self.active.matchers if self.active is not None else NO_MATCHERS
         plan = self._plans[slot.rule.event]
         plan.injects.remove(slot)
         if not plan:
