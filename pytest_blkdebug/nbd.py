@@ -18,6 +18,10 @@ serving other requests while the held one waits, and the held thread sends
 its own reply when it is resumed and then ends. Several connections are
 several leaders. Replies can therefore leave out of order, which NBD allows
 (they carry the request's handle).
+
+Why one module of ~700 lines: the export (listening, accepting, closing) and
+its connections share this leadership hand-over and the shutdown state; split
+apart, each half would need the other's internals.
 """
 
 from __future__ import annotations
