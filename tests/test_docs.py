@@ -51,3 +51,22 @@ def test_doc_example_passes(pytester, name, code):
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == 0, result.stdout.str()
     assert result.parseoutcomes().get("passed", 0) >= 1
+
+
+def test_readme_sample_report_is_what_the_quick_start_prints(pytester):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## What a report looks like", 1)[1]
+    shown = re.search(r"```text\n(.*?)```", section, re.DOTALL).group(1).splitlines()
+    pytester.makepyfile(test_quick_start=quick_start() + '    assert False, "show the report"\n')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    lines = result.stdout.lines
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith("---") and " blkdebug " in line
+    )
+    printed = lines[start : start + len(shown)]
+
+    def normal(line: str) -> str:  # the image path differs from run to run
+        return re.sub(r"^disk \S+", "disk IMAGE", line)
+
+    assert [normal(line) for line in printed] == [normal(line) for line in shown]
