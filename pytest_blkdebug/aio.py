@@ -4,7 +4,7 @@ A request held at a breakpoint suspends only its own task, never the loop,
 so the test (or another task) can resume it. An injected error from a rule
 without ``immediately`` yields to the loop once before it is raised, as
 QEMU's blkdebug reschedules its coroutine; ``immediately = on`` raises at
-once. The sequences are the Disk's (``disk.SEQUENCES``); only the waiting
+once. The sequences are the Disk's (``disk.*_SEQ``); only the waiting
 differs.
 """
 
@@ -84,8 +84,6 @@ class AsyncDisk:
         if offset < 0 or length < 0 or offset + length > disk._limit:
             raise disk._bad_request(seq.operation, offset, length)
         await self._fire(seq.before, seq.operation)
-        if seq.dirties and not seq.after:
-            disk._dirty_event = disk._dirty_check = True
         await self._check(seq.iotype, seq.operation, offset, length)
 
     async def _end(self, seq: Sequence) -> None:
@@ -124,8 +122,11 @@ class AsyncDisk:
     async def discard(self, offset: int, length: int) -> None:
         if self.disk._skip_empty("discard", offset, length):
             return
-        await self._begin(DISCARD_SEQ, offset, length)
-        _punch_hole(self.disk.fileno(), offset, length)
+        try:
+            await self._begin(DISCARD_SEQ, offset, length)
+            _punch_hole(self.disk.fileno(), offset, length)
+        finally:
+            await self._end(DISCARD_SEQ)
 
     async def flush(self) -> None:
         disk = self.disk

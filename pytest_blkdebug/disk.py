@@ -3,8 +3,8 @@
 ``Disk`` behaves like QEMU's raw format over blkdebug over a file, in
 writeback cache mode: each operation raises the events QEMU raises, in QEMU's
 order, checks the armed rules at the point QEMU checks them, and only then
-touches the image. The sequences are data (``SEQUENCES``) so they can be read
-in one place and shared by the sync, asyncio (``aio.py``) and NBD views.
+touches the image. The sequences are data (the ``*_SEQ`` constants) so they
+can be read in one place and shared by the sync and asyncio (``aio.py``) views.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import fcntl
 import io
 import os
 import re
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -62,12 +61,6 @@ DISCARD_SEQ = Sequence("discard", (), DISCARD, (), True)
 BLOCK_STATUS_SEQ = Sequence("block_status", (), BLOCK_STATUS)
 #: flush: ``flush_to_os`` always; only when dirty ``flush_to_disk`` and the check.
 FLUSH_TO_OS, FLUSH_TO_DISK = "flush_to_os", "flush_to_disk"
-FLUSH_SEQ = Sequence("flush", (FLUSH_TO_OS,), FLUSH)
-SEQUENCES = {
-    s.operation: s
-    for s in (READ_SEQ, WRITE_SEQ, WRITE_ZEROES_SEQ, DISCARD_SEQ, BLOCK_STATUS_SEQ, FLUSH_SEQ)
-}
-
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -282,8 +275,6 @@ class Disk:
         for event in seq.before:
             if event in engine.live_events:
                 self._wait(engine.fire(event, seq.operation))
-        if seq.dirties and not seq.after:
-            self._dirty_event = self._dirty_check = True
         slot = engine.check(seq.iotype, offset, length)
         if slot is not None:
             raise InjectedError(slot.errno, slot.name, seq.operation, offset, length)
@@ -380,8 +371,11 @@ class Disk:
         """Discard a range; it reads as zeroes afterwards (no event)."""
         if self._skip_empty("discard", offset, length):
             return
-        self._begin(DISCARD_SEQ, offset, length)
-        _punch_hole(self._fd, offset, length)
+        try:
+            self._begin(DISCARD_SEQ, offset, length)
+            _punch_hole(self._fd, offset, length)
+        finally:
+            self._end(DISCARD_SEQ)
 
     def _skip_empty(self, operation: str, offset: int, length: int) -> bool:
         """Range-check a write-zeroes or discard; True if it is empty.
@@ -602,11 +596,3 @@ class DiskFile(io.RawIOBase):
 
     def sync(self) -> None:
         self._disk.flush()
-
-
-def copy_image(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Copy an image, keeping holes (reflink when the filesystem can)."""
-    try:
-        _copy_sparse(os.fspath(src), os.fspath(dst))
-    except OSError:
-        shutil.copyfile(src, dst)
