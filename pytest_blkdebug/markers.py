@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ import pytest
 
 from .disk import parse_size
 from .errors import RuleError
-from .events import EventRegistry
+from .events import EventRegistry, register_events
 from .options import DEFAULT_WAIT_TIMEOUT, Settings
 from .rules import Rule, make_rule
 
@@ -136,7 +136,8 @@ class Plan:
     strict: bool = False
     name: str = "disk"
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
-    options: dict[str, Any] = field(default_factory=dict)
+    #: ``blkdebug(rules=False)``: skip the blkdebug_rules option's files.
+    rule_files: bool = True
 
 
 def resolve_path(value: object, item: pytest.Item, what: str) -> Path:
@@ -184,7 +185,6 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
     )
     marker_events: list[str] = []
     for key, (value, text) in options.items():
-        plan.options[key] = value
         try:
             if key == "size":
                 plan.size = parse_size(value)
@@ -198,6 +198,8 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
                     raise ValueError(f"must be True or False, not {value!r}")
                 if key == "strict":
                     plan.strict = value
+                else:
+                    plan.rule_files = value
             elif key == "name":
                 check_disk_name(value)
                 plan.name = value
@@ -206,24 +208,20 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
                     raise ValueError(f"must be a number of seconds > 0, not {value!r}")
                 plan.wait_timeout = float(value)
         except (ValueError, TypeError) as exc:
-            if isinstance(exc, MarkerError):
-                raise
             raise MarkerError(f"{text}: argument {key!r}: {exc}") from None
     registry = EventRegistry(settings.events)
     try:
-        for name in session.hook_events(item, ihook):
-            registry.register(name)
+        register_events(registry, session.hook_events(item, ihook))
     except RuleError as exc:
         raise MarkerError(f"pytest_blkdebug_register_events: {exc}") from None
-    for name in marker_events:
-        registry.register(name)
+    register_events(registry, marker_events)
 
     def add(rules: Iterable[Rule], source: str) -> None:
         for rule in rules:
             plan.rules.append(rule)
             plan.sources.append(source)
 
-    if plan.options.get("rules", True):
+    if plan.rule_files:
         for path, origin in settings.rule_files:
             try:
                 add(session.load_file(path, registry), f"{origin}: {path}")
