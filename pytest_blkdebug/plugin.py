@@ -34,7 +34,7 @@ from . import hookspecs
 from .disk import Disk, create_image, parse_size
 from .engine import Engine, Hold
 from .errors import RuleError
-from .events import EventRegistry
+from .events import EventRegistry, register_events
 from .markers import MarkerError, add_marker_help, build_plan, check_disk_name, resolve_path
 from .options import (
     EVENTS_HELP,
@@ -142,8 +142,7 @@ class _Session:
             rules = load_rules(path, registry=registry)
             cached = self._files[key] = (rules, registry.custom[len(before) :])
         else:
-            for name in cached[1]:
-                registry.register(name)
+            register_events(registry, cached[1])
         return cached[0]
 
     def hook_events(self, item: pytest.Item, ihook: Any) -> tuple[str, ...]:
@@ -251,9 +250,9 @@ class DiskFactory:
         self.ihook = item.ihook
         self.plan = build_plan(item, session, self.ihook)
         self.disks: list[Disk] = []
-        self._labels: dict[int, str] = {}  # id(engine) -> report label
-        self._engines: list[Engine] = []
-        self._holders: dict[int, list[Any]] = {}  # id(engine) -> [first disk, queued hits]
+        # Each engine the test's disks use, in order made, with its report label.
+        self._labels: dict[Engine, str] = {}
+        self._holders: dict[Engine, list[Any]] = {}  # engine -> [first disk, queued hits]
         self.call_passed = False
         hit_hook = self.ihook.pytest_blkdebug_rule_hit
         self._hit_hook = hit_hook if hit_hook.get_hookimpls() else None
@@ -272,8 +271,8 @@ class DiskFactory:
     ) -> Disk:
         if engine is not None and share:
             raise ValueError("blkdebug_disk_factory: pass engine= or share=True, not both")
-        if share and self._engines:
-            engine = self._engines[0]
+        if share and self._labels:
+            engine = next(iter(self._labels))
         if name is None:
             n = len(self.disks) + 1
             name = self.plan.name if n == 1 else f"{self.plan.name}{n}"
@@ -289,11 +288,10 @@ class DiskFactory:
             engine = Engine([] if self.session.settings.no_rules else chosen, registry=registry)
             self._adopt(engine, name)
         else:
-            for event in events:
-                engine.registry.register(event)
+            register_events(engine, events)
             if rules is not None and not self.session.settings.no_rules:
                 engine.add_rules(self._load(rules, engine.registry))
-            if id(engine) not in self._labels:
+            if engine not in self._labels:
                 self._adopt(engine, name)
         tpl = (
             self.plan.template
@@ -315,7 +313,7 @@ class DiskFactory:
             raise RuntimeError("pytest_blkdebug_make_image: every implementation returned None")
         disk = Disk(image, engine=engine, wait_timeout=wait_timeout or self.plan.wait_timeout)
         self.disks.append(disk)
-        holder = self._holders.get(id(engine))
+        holder = self._holders.get(engine)
         if holder is not None and holder[0] is None:
             holder[0] = disk
             for rule_name in holder[1]:
@@ -325,8 +323,7 @@ class DiskFactory:
 
     def _adopt(self, engine: Engine, name: str) -> None:
         """Give a new engine its report label and, if wanted, the hit hook."""
-        self._labels[id(engine)] = "" if not self._engines else name
-        self._engines.append(engine)
+        self._labels[engine] = name if self._labels else ""
         if self._hit_hook is None:
             return
         # The open event may fire rules before the disk exists: queue those hits.
@@ -341,7 +338,7 @@ class DiskFactory:
             else:
                 hook(item=item, disk=holder[0], rule_name=detail)
 
-        self._holders[id(engine)] = holder
+        self._holders[engine] = holder
         engine.add_observer(observer)
 
     def _load(
@@ -365,23 +362,21 @@ class DiskFactory:
 
     def _groups(self) -> list[tuple[str, Engine, list[Disk]]]:
         return [
-            (self._labels[id(e)], e, [d for d in self.disks if d.engine is e])
-            for e in self._engines
+            (label, e, [d for d in self.disks if d.engine is e])
+            for e, label in self._labels.items()
         ]
 
     def section(self) -> str:
         """The text of the test's ``blkdebug`` report section."""
         parts = []
         for _label, engine, disks in self._groups():
-            if not disks:
-                continue
-            if len(disks) == 1:
-                title = f"disk {disks[0].path} ({format_size(disks[0].size)})"
-            else:
+            if len(disks) == 1:  # format_report's own title: the disk and its size
+                parts.append(format_report(disks[0]))
+            elif disks:
                 title = "disks sharing one engine: " + ", ".join(
                     f"{d.path} ({format_size(d.size)})" for d in disks
                 )
-            parts.append(format_report(engine, title=title))
+                parts.append(format_report(engine, title=title))
         return "\n\n".join(parts)
 
     def properties(self) -> list[tuple[str, int]]:
