@@ -435,12 +435,8 @@ class _IniParser:
                 f"supports {key} {lo}..{hi} only",
                 unsupported=True,
             )
-        self._warn_number(opts, key, value)
-        return value
-
-    def _warn_number(self, opts: _Opts, key: str, value: int) -> None:
-        number, raw, line = opts.values[key]
         self._number_warning(line, key, raw, number, value)
+        return value
 
     def _number_warning(self, line: int, key: str, raw: bytes, number: int, value: int) -> None:
         spelled = _txt(raw)
