@@ -34,16 +34,12 @@ from .events import (
     IOTYPES,
     QEMU_EVENT_SET,
     EventRegistry,
+    register_events,
     unknown_name_message,
 )
 from .qemu_ini import ID_HINT as ID_HINT  # re-exported: it used to live here
 from .qemu_ini import ID_MAX, IniFail, id_wellformed, parse_ini
-from .rules import (
-    InjectError,
-    Rule,
-    SetState,
-    errno_name,
-)
+from .rules import RULE_KINDS, InjectError, Rule, SetState, errno_name
 
 __all__ = [
     "INI_SUFFIXES",
@@ -103,8 +99,13 @@ def _suffix(path: PathLike) -> str:
     return Path(os.fspath(path)).suffix.lower()
 
 
-def _allowed_suffixes() -> str:
-    return ", ".join(INI_SUFFIXES + TOML_SUFFIXES)
+def _unsupported_type(path: str, suffix: str) -> RuleFileError:
+    return RuleFileError(
+        path,
+        None,
+        f"unsupported rule file type ({suffix or 'no suffix'}); "
+        f"allowed suffixes: {', '.join(INI_SUFFIXES + TOML_SUFFIXES)}",
+    )
 
 
 def _read_bytes(path: PathLike, what: str) -> bytes:
@@ -143,12 +144,7 @@ def load_rules(path: PathLike, *, registry: EventRegistry | None = None) -> list
         data = _read_bytes(name, "rule file")
         rules, collected = _parse_toml(data, name, registry)
     else:
-        shown = suffix or "no suffix"
-        raise RuleFileError(
-            name,
-            None,
-            f"unsupported rule file type ({shown}); allowed suffixes: {_allowed_suffixes()}",
-        )
+        raise _unsupported_type(name, suffix)
     _emit(collected, stacklevel=2)
     return rules
 
@@ -319,8 +315,7 @@ def _parse_toml(
                 raise fail(line, f"{kind} entries must be tables, not {_type_name(table)}")
             rule = _toml_rule(kind, table, line, where, scratch, fail)
             placed.append((line or 0, kind_no, i, rule))
-    for name in events:
-        registry.register(name)
+    register_events(registry, events)
     return [rule for *_, rule in sorted(placed, key=lambda p: p[:3])], []
 
 
@@ -384,9 +379,8 @@ def _toml_rule(
             where.key_in_table(line, "event"),
             f"[[{kind}]]: " + unknown_name_message("event", table["event"], registry.names),
         )
-    cls = InjectError if kind == "inject-error" else SetState
     try:
-        return cls(**table)
+        return RULE_KINDS[kind](**table)
     except RuleError as exc:
         # rules.py says "InjectError: <attribute> ..." (or "... invalid iotype").
         text = re.sub(r"^(?:InjectError|SetState): ", "", str(exc))
@@ -553,11 +547,7 @@ def save_rules(rules: Iterable[Rule], path: PathLike, *, events: Sequence[str] =
     elif suffix in TOML_SUFFIXES:
         text = dump_toml(rules, events)
     else:
-        raise RuleFileError(
-            name,
-            None,
-            f"unsupported rule file type ({suffix or 'no suffix'}); allowed suffixes: {_allowed_suffixes()}",
-        )
+        raise _unsupported_type(name, suffix)
     directory = os.path.dirname(os.path.abspath(name))
     try:
         mode = os.stat(name).st_mode & 0o7777
