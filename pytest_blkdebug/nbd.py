@@ -54,6 +54,7 @@ from .nbd_protocol import (
     DATA_CHUNK,
     MAX_PAYLOAD,
     REPLY_FLAG_DONE,
+    REPLY_TYPE_NONE,
     REPLY_TYPE_OFFSET_DATA,
     REQUEST,
     REQUEST_MAGIC,
@@ -69,11 +70,20 @@ __all__ = ["NBDExport", "main"]
 log = logging.getLogger("pytest_blkdebug.nbd")
 
 _MSG_WAITALL = socket.MSG_WAITALL
-_NONE_CHUNK = struct.Struct(">IHHQI")
 _META_ID = 1  # the id we give base:allocation
 #: Write buffers up to this size are kept by the leader thread and reused.
 _KEEP_BUFFER = 4 << 20
 _CLOSE_TIMEOUT = 5.0
+#: The commands served and the flags each accepts (every request that is not
+#: a plain READ or WRITE is checked against this).
+_ALLOWED_FLAGS = {
+    CMD_READ: CMD_FLAG_FUA | CMD_FLAG_DF,
+    CMD_WRITE: CMD_FLAG_FUA,
+    P.CMD_FLUSH: CMD_FLAG_FUA,
+    P.CMD_TRIM: CMD_FLAG_FUA,
+    P.CMD_WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+    P.CMD_BLOCK_STATUS: CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+}
 # Short names for the hot loop.
 _MAX = MAX_PAYLOAD
 _FUA = CMD_FLAG_FUA
@@ -535,7 +545,7 @@ class _Connection:
         simple = SIMPLE_REPLY.pack
         chunk = DATA_CHUNK.pack
         local = _local
-        wbuf = bytearray(0)
+        wbuf = memoryview(bytearray(0))  # the kept write buffer, viewed once
         while True:
             got = recv_into(hview, 28, _MSG_WAITALL)
             if got != 28:
@@ -560,7 +570,7 @@ class _Connection:
                         head = chunk(_STRUCT, _DONE, _DATA, handle, length + 8, offset)
                         send([head, data], 28 + length)
                     else:
-                        send([_NONE_CHUNK.pack(_STRUCT, _DONE, 0, handle, 0)], 20)
+                        send([CHUNK.pack(_STRUCT, _DONE, REPLY_TYPE_NONE, handle, 0)], 20)
             elif (
                 cmd == CMD_WRITE
                 and write_ok
@@ -569,12 +579,12 @@ class _Connection:
                 and end <= size
             ):
                 if length > len(wbuf):
-                    buf = bytearray(length)
+                    buf = memoryview(bytearray(length))
                     if length <= _KEEP_BUFFER:
                         wbuf = buf
-                    view = memoryview(buf)
+                    view = buf[:length]
                 else:
-                    view = memoryview(wbuf)[:length]
+                    view = wbuf[:length]
                 if length and not self._recv_rest(view, 0):
                     log.debug("nbd: connection closed inside a write payload")
                     return
@@ -628,18 +638,13 @@ class _Connection:
         return True
 
     def _validate(self, cmd: int, flags: int, offset: int, length: int) -> None:
-        name = P.CMD_NAMES.get(cmd, f"command {cmd}")
-        allowed = {
-            CMD_READ: CMD_FLAG_FUA | (CMD_FLAG_DF if self.structured else 0),
-            CMD_WRITE: CMD_FLAG_FUA,
-            P.CMD_FLUSH: CMD_FLAG_FUA,
-            P.CMD_TRIM: CMD_FLAG_FUA,
-            P.CMD_WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
-            P.CMD_BLOCK_STATUS: CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
-        }
-        if cmd not in allowed:
+        name = P.CMD_NAMES.get(cmd) or f"command {cmd}"
+        allowed = _ALLOWED_FLAGS.get(cmd)
+        if allowed is None:
             raise Refused(P.NBD_EINVAL, f"{name} is not supported")
-        if flags & ~allowed[cmd]:
+        if cmd == CMD_READ and not self.structured:
+            allowed &= ~CMD_FLAG_DF  # DF means something only with structured replies
+        if flags & ~allowed:
             raise Refused(P.NBD_EINVAL, f"{name}: unsupported flags {flags:#x}")
         writes = cmd in (CMD_WRITE, P.CMD_TRIM, P.CMD_WRITE_ZEROES)
         if writes and self.readonly:
