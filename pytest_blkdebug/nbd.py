@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
 from . import nbd_protocol as P
@@ -280,7 +280,7 @@ class NBDExport:
                 if self._closed:
                     return
                 log.warning("nbd: accept failed: %s", exc)
-                threading.Event().wait(0.05)  # EMFILE and friends: do not spin
+                time.sleep(0.05)  # EMFILE and friends: do not spin
                 continue
             with self._lock:
                 refuse = self._closed or len(self._connections) >= self.max_connections
@@ -375,9 +375,9 @@ class _Connection:
     def start(self) -> None:
         self._spawn(self._run)
 
-    def _spawn(self, target: object) -> None:
+    def _spawn(self, target: Callable[[], None]) -> None:
         """Start a thread that becomes this connection's leader."""
-        thread = threading.Thread(target=target, daemon=True, name="nbd-conn")  # type: ignore[arg-type]
+        thread = threading.Thread(target=target, daemon=True, name="nbd-conn")
         thread.start()
         self._leader_thread = thread
 
