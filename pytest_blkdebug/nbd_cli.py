@@ -118,11 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("blkdebug-nbd: main() must run in the main thread", file=sys.stderr)
         return 2
 
-    registry = EventRegistry()
     try:
-        for chunk in args.events:
-            for event in filter(None, (e.strip() for e in chunk.split(","))):
-                registry.register(event)
+        registry = EventRegistry(
+            name for chunk in args.events for name in map(str.strip, chunk.split(",")) if name
+        )
         rules = []
         for path in args.rules:
             rules += load_rules(path, registry=registry)
