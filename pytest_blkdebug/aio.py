@@ -24,6 +24,7 @@ from .disk import (
     Extent,
     Sequence,
     _punch_hole,
+    _zero_range,
     extents,
 )
 from .engine import Hold
@@ -110,12 +111,12 @@ class AsyncDisk:
         finally:
             await self._end(WRITE_SEQ)
 
-    async def write_zeroes(self, offset: int, length: int) -> None:
+    async def write_zeroes(self, offset: int, length: int, *, unmap: bool = True) -> None:
         if self.disk._skip_empty("write_zeroes", offset, length):
             return
         try:
             await self._begin(WRITE_ZEROES_SEQ, offset, length)
-            _punch_hole(self.disk.fileno(), offset, length)
+            _zero_range(self.disk.fileno(), offset, length, unmap)
         finally:
             await self._end(WRITE_ZEROES_SEQ)
 

@@ -108,6 +108,13 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
         offset += os.pwrite(fd, _ZERO_CHUNK[:n], offset)
 
 
+def _zero_range(fd: int, offset: int, length: int, unmap: bool) -> None:
+    """Zero a range: as a hole, or (``unmap=False``) allocated zeroes."""
+    _punch_hole(fd, offset, length)
+    if not unmap:
+        os.posix_fallocate(fd, offset, length)
+
+
 def _copy_sparse(src: str, dst: str) -> None:
     """Copy an image cheaply: a reflink where the filesystem offers one,
     else only the data extents (holes stay holes)."""
@@ -357,13 +364,14 @@ class Disk:
                 if reached:  # dirty once the request is over (see Sequence)
                     self._dirty_event = self._dirty_check = True
 
-    def write_zeroes(self, offset: int, length: int) -> None:
-        """Zero a range (events: pwritev_zero, pwritev_done)."""
+    def write_zeroes(self, offset: int, length: int, *, unmap: bool = True) -> None:
+        """Zero a range (events: pwritev_zero, pwritev_done). ``unmap=False``
+        keeps the range allocated (NBD's NO_HOLE; QEMU without MAY_UNMAP)."""
         if self._skip_empty("write_zeroes", offset, length):
             return
         try:
             self._begin(WRITE_ZEROES_SEQ, offset, length)
-            _punch_hole(self._fd, offset, length)
+            _zero_range(self._fd, offset, length, unmap)
         finally:
             self._end(WRITE_ZEROES_SEQ)
 

@@ -682,11 +682,7 @@ class _Connection:
             if flags & CMD_FLAG_FUA:
                 disk.flush()
         elif cmd == P.CMD_WRITE_ZEROES:
-            disk.write_zeroes(offset, length)
-            if flags & CMD_FLAG_NO_HOLE and length:
-                # The Disk punches a hole; NO_HOLE asks for the range to stay
-                # allocated, so allocate it again (the content stays zero).
-                os.posix_fallocate(disk.fileno(), offset, length)
+            disk.write_zeroes(offset, length, unmap=not flags & CMD_FLAG_NO_HOLE)
             if flags & CMD_FLAG_FUA:
                 disk.flush()
         elif cmd == P.CMD_BLOCK_STATUS:

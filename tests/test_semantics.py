@@ -433,3 +433,13 @@ def test_adding_rules_is_all_or_nothing(tmp_path):
         disk.engine.add_rules([SetState("read_aio", 3), InjectError("nope")])
     assert [r.name for r in disk.rules] == ["kept"]
     assert outcome(disk.read, 0, 1) == EIO and disk.state == 1  # the set-state never joined
+
+
+def test_write_zeroes_without_unmap_keeps_the_range_allocated(tmp_path):
+    disk = make_disk(tmp_path)
+    disk.write(0, b"x" * 8192)
+    disk.write_zeroes(0, 8192, unmap=False)
+    assert disk.read(0, 8192) == bytes(8192)
+    assert disk.block_status(0, 8192) == [bd.Extent(0, 8192, True)]
+    disk.write_zeroes(0, 8192)
+    assert disk.block_status(0, 8192) == [bd.Extent(0, 8192, False)]
