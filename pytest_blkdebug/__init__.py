@@ -7,17 +7,19 @@ against it and read the engine's state and counters. The pytest plugin
 
 from __future__ import annotations
 
-from .disk import Disk, DiskFile, Extent, parse_size
-from .engine import Engine, RuleStatus, StateChange, TraceEntry
-from .errors import (
+from .core.disk import Disk, DiskFile, Extent
+from .core.engine import Engine, RuleStatus, StateChange, TraceEntry
+from .core.errors import (
     BreakpointError,
     BreakpointTimeout,
     InjectedError,
     RuleError,
     RuleFileError,
 )
-from .events import IOTYPES, QEMU_EVENTS, EventRegistry
-from .rules import Breakpoint, InjectError, Rule, SetState
+from .core.events import IOTYPES, QEMU_EVENTS, EventRegistry
+from .core.rules import Breakpoint, InjectError, Rule, SetState
+from .core.sizes import parse_size
+from .rulefiles import RuleFileWarning, dump_ini, dump_toml, load_rules, save_rules
 
 __all__ = [
     "Breakpoint",
@@ -42,14 +44,7 @@ __all__ = [
     "parse_size",
     "load_rules",
     "dump_ini",
+    "dump_toml",
+    "save_rules",
+    "RuleFileWarning",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # rulefile is imported lazily so the package imports even while a rule
-    # file reader's optional dependency (tomli on 3.10) is missing.
-    if name in ("load_rules", "dump_ini", "dump_toml", "save_rules", "RuleFileWarning"):
-        from . import rulefile
-
-        return getattr(rulefile, name)
-    raise AttributeError(f"module 'pytest_blkdebug' has no attribute {name!r}")

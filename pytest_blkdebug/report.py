@@ -12,11 +12,11 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Union
 
-from .engine import Engine, RuleStatus, StateChange, TraceEntry
-from .rules import errno_name
+from .core.engine import Engine, RuleStatus, StateChange, TraceEntry
+from .core.rules import errno_name
 
 if TYPE_CHECKING:
-    from .disk import Disk
+    from .core.disk import Disk
 
 __all__ = [
     "TRACE_TAIL",

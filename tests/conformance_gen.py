@@ -5,7 +5,7 @@ Shared by ``test_conformance.py`` (synchronous requests) and
 scripts). A ``Scenario`` is a QEMU ini rule file, an image (size and initial
 content) and a list of qemu-io commands. ``run_scenarios`` runs every
 scenario through ``qemu-io -f raw -t writeback`` (in a thread pool, with a
-timeout) and through ``pytest_blkdebug.cli.main`` in-process, and compares
+timeout) and through ``pytest_blkdebug.qemuio.cli.main`` in-process, and compares
 stdout without the statistics lines, the exit status and the final image
 bytes. Each disagreement carries a reproduction: the rule file, the image
 preparation and the exact command lines for both programs.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from qemu_helpers import run_qemu_io
 
-from pytest_blkdebug import cli
+from pytest_blkdebug.qemuio import cli
 
 SEED_ENV = "BLKDEBUG_CONFORMANCE_SEED"
 QEMU_TIMEOUT = 20.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from qemu_helpers import requires_qemu_io, run_qemu_io
 
-from pytest_blkdebug import cli
+from pytest_blkdebug.qemuio import cli
 
 STATS = ("bytes, 1 ops;", "KiB, 1 ops;", "MiB, 1 ops;", "GiB, 1 ops;")
 

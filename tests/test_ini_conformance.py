@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 from qemu_helpers import requires_qemu_io, run_qemu_io
 
-from pytest_blkdebug.errors import RuleFileError
-from pytest_blkdebug.rulefile import UnsupportedValueError, load_rules
-from pytest_blkdebug.rules import InjectError, Rule, SetState
+from pytest_blkdebug.core.errors import RuleFileError
+from pytest_blkdebug.core.rules import InjectError, Rule, SetState
+from pytest_blkdebug.rulefiles.loader import UnsupportedValueError, load_rules
 
 pytestmark = requires_qemu_io
 

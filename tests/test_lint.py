@@ -7,8 +7,9 @@ installs both).
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["pytest_blkdebug", "tests", "example_suite", "benchmarks", "conftest.py"]
 
 
-def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which(argv[0]) is None:
-        pytest.skip(f"{argv[0]} is not installed")
+def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # The interpreter running the tests, so a virtual environment that is not
+    # activated (the README's commands) still finds its own ruff and mypy.
+    if importlib.util.find_spec(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    argv = [sys.executable, "-m", tool, *args]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

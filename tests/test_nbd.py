@@ -25,9 +25,9 @@ import pytest
 from qemu_helpers import requires_qemu_io, run_qemu_io
 
 import pytest_blkdebug as bd
-from pytest_blkdebug import nbd_protocol as P
 from pytest_blkdebug.nbd import NBDExport
-from pytest_blkdebug.nbd_protocol import NBDClient, NBDError
+from pytest_blkdebug.nbd import protocol as P
+from pytest_blkdebug.nbd.protocol import NBDClient, NBDError
 
 MiB = 1 << 20
 
@@ -404,7 +404,7 @@ def test_main_in_process_with_custom_events(tmp_path, capsys):
     """main() returns after SIGTERM and prints the rule of a custom event."""
     import threading
 
-    from pytest_blkdebug.nbd import main
+    from pytest_blkdebug.nbd.cli import main
 
     image = tmp_path / "img.raw"
     image.write_bytes(bytes(8192))

@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import pytest_blkdebug as bd
-from pytest_blkdebug import nbd_protocol as P
-from pytest_blkdebug.nbd_protocol import NBDClient, ProtocolError
+from pytest_blkdebug.nbd import protocol as P
+from pytest_blkdebug.nbd.protocol import NBDClient, ProtocolError
 
 SIZE = 1 << 20
 SETTINGS = settings(

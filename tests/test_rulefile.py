@@ -1,4 +1,4 @@
-"""Unit tests for pytest_blkdebug.rulefile: readers, writers, errors, warnings.
+"""Unit tests for pytest_blkdebug.rulefiles: readers, writers, errors, warnings.
 
 Whether the ini reader accepts and rejects what QEMU does, and with QEMU's
 message, is proven against real qemu-io in test_ini_conformance.py; here the
@@ -20,9 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qemu_helpers import requires_qemu_io, run_qemu_io
 
-from pytest_blkdebug.errors import RuleError, RuleFileError
-from pytest_blkdebug.events import DEFAULT_IOTYPES, IOTYPES, QEMU_EVENTS, EventRegistry
-from pytest_blkdebug.rulefile import (
+from pytest_blkdebug.core.errors import RuleError, RuleFileError
+from pytest_blkdebug.core.events import DEFAULT_IOTYPES, IOTYPES, QEMU_EVENTS, EventRegistry
+from pytest_blkdebug.core.rules import (
+    MAX_SECTOR,
+    MAX_STATE,
+    Breakpoint,
+    InjectError,
+    Rule,
+    SetState,
+)
+from pytest_blkdebug.rulefiles.loader import (
     RuleFileWarning,
     UnsupportedValueError,
     dump_ini,
@@ -32,7 +40,6 @@ from pytest_blkdebug.rulefile import (
     loads_toml,
     save_rules,
 )
-from pytest_blkdebug.rules import MAX_SECTOR, MAX_STATE, Breakpoint, InjectError, Rule, SetState
 
 ALL_KEYS_INI = """\
 # every key, in both groups

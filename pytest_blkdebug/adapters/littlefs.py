@@ -54,10 +54,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'pytest-blkdebug[littlefs]'"
     ) from exc
 
-from ..disk import Disk
-from ..engine import Engine
-from ..events import EventRegistry
-from ..events import register_events as _register_events
+from ..core.disk import Disk
+from ..core.engine import Engine
+from ..core.events import EventRegistry
+from ..core.events import register_events as _register_events
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",

@@ -89,11 +89,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pytest_blkdebug.adapters.sqlite needs APSW: pip install 'pytest-blkdebug[sqlite]'"
     ) from exc
 
-from ..disk import Disk
-from ..engine import Engine
-from ..events import EventRegistry
-from ..events import register_events as _register_events
-from ..rules import Rule
+from ..core.disk import Disk
+from ..core.engine import Engine
+from ..core.events import EventRegistry
+from ..core.events import register_events as _register_events
+from ..core.rules import Rule
 
 __all__ = [
     "DEFAULT_CAPACITY",

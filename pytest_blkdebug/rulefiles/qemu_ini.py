@@ -36,9 +36,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RuleError
-from .events import DEFAULT_IOTYPES, IOTYPES, EventRegistry
-from .rules import MAX_ERRNO, MAX_SECTOR, MAX_STATE, InjectError, Rule, SetState
+from ..core.errors import RuleError
+from ..core.events import DEFAULT_IOTYPES, IOTYPES, EventRegistry
+from ..core.rules import MAX_ERRNO, MAX_SECTOR, MAX_STATE, InjectError, Rule, SetState
 
 __all__ = ["ID_HINT", "ID_MAX", "IniFail", "id_wellformed", "parse_ini"]
 

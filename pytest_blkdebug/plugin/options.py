@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from .disk import parse_size
-from .errors import RuleError
-from .events import EventRegistry
+from ..core.errors import RuleError
+from ..core.events import EventRegistry
+from ..core.sizes import parse_size
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",

@@ -28,8 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Union
 
-from .errors import RuleError, RuleFileError
-from .events import (
+from ..core.errors import RuleError, RuleFileError
+from ..core.events import (
     DEFAULT_IOTYPES,
     IOTYPES,
     QEMU_EVENT_SET,
@@ -37,9 +37,9 @@ from .events import (
     register_events,
     unknown_name_message,
 )
+from ..core.rules import RULE_KINDS, InjectError, Rule, SetState, errno_name
 from .qemu_ini import ID_HINT as ID_HINT  # re-exported: it used to live here
 from .qemu_ini import ID_MAX, IniFail, id_wellformed, parse_ini
-from .rules import RULE_KINDS, InjectError, Rule, SetState, errno_name
 
 __all__ = [
     "INI_SUFFIXES",

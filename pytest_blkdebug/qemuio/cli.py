@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TextIO
 
-from .disk import (
+from ..core.disk import (
     DISCARD_SEQ,
     FLUSH_TO_DISK,
     FLUSH_TO_OS,
@@ -57,9 +57,10 @@ from .disk import (
     WRITE_ZEROES_SEQ,
     Disk,
 )
-from .engine import Hold
-from .errors import BreakpointError, BreakpointTimeout, RuleError
-from .qemu_io import (
+from ..core.engine import Hold
+from ..core.errors import BreakpointError, BreakpointTimeout, RuleError
+from ..report import format_report
+from .commands import (
     PROG,
     SUPPORTED,
     CommandError,
@@ -77,7 +78,6 @@ from .qemu_io import (
     report,
     strerror,
 )
-from .report import format_report
 
 DEFAULT_WAIT_TIMEOUT = 10.0
 CACHE_MODES = ("none", "writeback", "unsafe", "directsync", "writethrough")
@@ -190,8 +190,8 @@ def split_filename(filename: str) -> tuple[str | None, str]:
 
 def open_disk(filename: str, err: TextIO) -> tuple[Disk, bool]:
     """Open FILENAME as qemu-io would; returns (disk, over_blkdebug)."""
-    from .events import EventRegistry
-    from .rulefile import load_rules
+    from ..core.events import EventRegistry
+    from ..rulefiles import load_rules
 
     config, image = split_filename(filename)
     rules: list = []

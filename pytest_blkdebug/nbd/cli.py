@@ -20,9 +20,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .disk import Disk
-from .engine import Engine
-from .nbd import NBDExport
+from ..core.disk import Disk
+from ..core.engine import Engine
+from .server import NBDExport
 
 __all__ = ["main"]
 
@@ -69,8 +69,8 @@ def _report(disk: Disk) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``blkdebug-nbd``: serve an image over NBD with blkdebug rules applied."""
-    from .events import EventRegistry
-    from .rulefile import load_rules
+    from ..core.events import EventRegistry
+    from ..rulefiles import load_rules
 
     parser = argparse.ArgumentParser(
         prog="blkdebug-nbd",

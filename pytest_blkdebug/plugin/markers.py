@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 import pytest
 
-from .disk import parse_size
-from .errors import RuleError
-from .events import EventRegistry, register_events
+from ..core.errors import RuleError
+from ..core.events import EventRegistry, register_events
+from ..core.rules import Rule, make_rule
+from ..core.sizes import parse_size
 from .options import DEFAULT_WAIT_TIMEOUT, Settings
-from .rules import Rule, make_rule
 
 __all__ = [
     "BLKDEBUG_MARKER_ARGS",

@@ -30,11 +30,14 @@ from typing import Any
 import pluggy
 import pytest
 
+from ..core.disk import Disk, create_image
+from ..core.engine import Engine, Hold
+from ..core.errors import RuleError
+from ..core.events import EventRegistry, register_events
+from ..core.rules import Rule
+from ..core.sizes import parse_size
+from ..report import format_report, format_size, report_properties
 from . import hookspecs
-from .disk import Disk, create_image, parse_size
-from .engine import Engine, Hold
-from .errors import RuleError
-from .events import EventRegistry, register_events
 from .markers import MarkerError, add_marker_help, build_plan, check_disk_name, resolve_path
 from .options import (
     EVENTS_HELP,
@@ -47,8 +50,6 @@ from .options import (
     add_options,
     report_shows_passes,
 )
-from .report import format_report, format_size, report_properties
-from .rules import Rule
 
 __all__ = [
     "DiskFactory",
@@ -132,7 +133,7 @@ class _Session:
     def load_file(self, path: Path, registry: EventRegistry) -> list[Rule]:
         """Rules of one file, parsed once per session; a TOML file's ``events``
         are registered in ``registry``."""
-        from .rulefile import load_rules
+        from ..rulefiles import load_rules
 
         st = path.stat()
         before = registry.custom

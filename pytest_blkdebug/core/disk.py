@@ -14,7 +14,6 @@ import errno
 import fcntl
 import io
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -23,10 +22,11 @@ from .engine import Engine, Hold, RuleStatus, StateChange, TraceEntry
 from .errors import BreakpointTimeout, InjectedError
 from .events import BLOCK_STATUS, DISCARD, FLUSH, READ, WRITE, WRITE_ZEROES, EventRegistry
 from .rules import Rule
+from .sizes import parse_size
 
 if TYPE_CHECKING:
+    from ..nbd.server import NBDExport
     from .aio import AsyncDisk
-    from .nbd import NBDExport
 
 DEFAULT_HOLD_TIMEOUT = 60.0
 DEFAULT_WAIT_TIMEOUT = 5.0
@@ -61,18 +61,6 @@ DISCARD_SEQ = Sequence("discard", (), DISCARD, (), True)
 BLOCK_STATUS_SEQ = Sequence("block_status", (), BLOCK_STATUS)
 #: flush: ``flush_to_os`` always; only when dirty ``flush_to_disk`` and the check.
 FLUSH_TO_OS, FLUSH_TO_DISK = "flush_to_os", "flush_to_disk"
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(value: int | str) -> int:
-    """``65536``, ``"64M"``, ``"1G"``, ``"512K"`` -> bytes (qemu-img's suffixes)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _SIZE_RE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"invalid size {value!r} (use bytes or a K/M/G/T suffix, e.g. '64M')")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
 
 
 class Extent(NamedTuple):
@@ -479,7 +467,7 @@ class Disk:
 
     def serve_nbd(self, **kwargs: object) -> NBDExport:
         """Export this disk over NBD (see ``nbd.NBDExport``)."""
-        from .nbd import NBDExport
+        from ..nbd.server import NBDExport
 
         return NBDExport(self, **kwargs)  # type: ignore[arg-type]
 

@@ -32,18 +32,17 @@ import shutil
 import socket
 import stat
 import struct
-import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from urllib.parse import quote
 
-from . import nbd_protocol as P
-from .disk import Disk, Extent
-from .engine import Engine
-from .nbd_protocol import (
+from ..core.disk import Disk, Extent
+from ..core.engine import Engine
+from . import protocol as P
+from .protocol import (
     CHUNK,
     CMD_FLAG_DF,
     CMD_FLAG_FUA,
@@ -65,7 +64,7 @@ from .nbd_protocol import (
     Refused,
 )
 
-__all__ = ["NBDExport", "main"]
+__all__ = ["NBDExport"]
 
 log = logging.getLogger("pytest_blkdebug.nbd")
 
@@ -710,19 +709,3 @@ class _Connection:
             STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, P.REPLY_TYPE_BLOCK_STATUS, handle, len(body)
         )
         self._send([head, body], len(head) + len(body))
-
-
-# -- command line -------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``blkdebug-nbd``: the command line lives in ``nbd_cli``; this forwarder
-    keeps the console script (``pytest_blkdebug.nbd:main``), ``python -m
-    pytest_blkdebug.nbd`` and ``from pytest_blkdebug.nbd import main`` working."""
-    from .nbd_cli import main as cli_main  # imported here: nbd_cli imports this module
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .disk import Disk
+    from ..core.disk import Disk
 
 
 def pytest_blkdebug_register_events(config: pytest.Config) -> list[str]:  # type: ignore[empty-body]

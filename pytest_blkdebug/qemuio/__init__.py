@@ -1,0 +1,2 @@
+"""The ``blkdebug-io`` tool: qemu-io's command language (``commands``) run
+against a disk (``cli``)."""
