@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from .decision import Decision
 from .events import IOTYPES, iotype_mask
 from .rules import InjectError, Rule
 
@@ -41,6 +42,7 @@ class Slot:
         "hits",
         "armed_base",
         "consumed",
+        "decision",
     )
 
     def __init__(self, rule: Rule, name: str, position: int) -> None:
@@ -57,6 +59,8 @@ class Slot:
             self.errno = rule.errno
             self.once = rule.once
             self.immediately = rule.immediately
+            # Built once: the engine hands this immutable value to every request it fails.
+            self.decision = Decision(name, rule.errno, rule.immediately)
             self.new_state = 0
         else:
             self.mask = self.offset = self.errno = 0

@@ -78,7 +78,7 @@ class AsyncDisk:
         if slot is not None:
             if not slot.immediately:
                 await asyncio.sleep(0)
-            raise InjectedError(slot.errno, slot.name, operation, offset, length)
+            raise InjectedError(slot.errno, slot.rule, operation, offset, length)
 
     async def _begin(self, seq: Sequence, offset: int, length: int) -> None:
         disk = self.disk

@@ -272,7 +272,7 @@ class Disk:
                 self._wait(engine.fire(event, seq.operation))
         slot = engine.check(seq.iotype, offset, length)
         if slot is not None:
-            raise InjectedError(slot.errno, slot.name, seq.operation, offset, length)
+            raise InjectedError(slot.errno, slot.rule, seq.operation, offset, length)
 
     def _end(self, seq: Sequence) -> None:
         engine = self.engine
@@ -300,7 +300,7 @@ class Disk:
         if match is not None and match(offset, length):
             slot = engine.decide(READ, offset, length)
             if slot is not None:
-                raise InjectedError(slot.errno, slot.name, "read", offset, length)
+                raise InjectedError(slot.errno, slot.rule, "read", offset, length)
         data = os.pread(self._fd, length, offset)
         if len(data) < length:  # the file shrank under us: holes read as zeroes
             return self._pread(offset, length)
@@ -339,7 +339,7 @@ class Disk:
             if match is not None and match(offset, length):
                 slot = engine.decide(WRITE, offset, length)
                 if slot is not None:
-                    raise InjectedError(slot.errno, slot.name, "write", offset, length)
+                    raise InjectedError(slot.errno, slot.rule, "write", offset, length)
             if os.pwrite(self._fd, data, offset) < length:
                 self._pwrite(offset, data, length)  # short write: finish it
         finally:
@@ -403,7 +403,7 @@ class Disk:
         if self._dirty_check:
             slot = engine.check(FLUSH, 0, 0)
             if slot is not None:
-                raise InjectedError(slot.errno, slot.name, "flush", 0, 0)
+                raise InjectedError(slot.errno, slot.rule, "flush", 0, 0)
         self._flushed()
 
     def _flushed(self) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .active import NO_MATCHERS, ActiveIndex, Slot
+from .decision import Decision
 from .errors import BreakpointError, BreakpointTimeout, RuleError
 from .events import IOTYPES, EventRegistry
 from .rules import Breakpoint, InjectError, Rule, SetState
@@ -396,12 +397,12 @@ class Engine:
 
     # -- request phase -------------------------------------------------------
 
-    def check(self, iotype: int, offset: int, length: int) -> Slot | None:
+    def check(self, iotype: int, offset: int, length: int) -> Decision | None:
         """Find the armed rule that decides this request.
 
-        Returns the rule's slot when it fails the request (``slot.errno`` is
-        the error; a ``once`` rule is already deleted), None when the request
-        goes through. The test runs on the immutable index without the lock;
+        Returns the rule's ``Decision`` when it fails the request (its
+        ``errno`` is the error; a ``once`` rule is already deleted), None when
+        the request goes through. The test runs on the immutable index without the lock;
         only a match takes it.
 
         Hot-path callers (``Disk.read``/``write``) inline the first step:
@@ -413,7 +414,7 @@ class Engine:
             return None
         return self.decide(iotype, offset, length)
 
-    def decide(self, iotype: int, offset: int, length: int) -> Slot | None:
+    def decide(self, iotype: int, offset: int, length: int) -> Decision | None:
         """Count and apply the rule that matches this request (see ``check``)."""
         with self._lock:
             # Search again under the lock: another thread may have consumed
@@ -428,7 +429,7 @@ class Engine:
             if slot.errno == 0:
                 decided = None  # errno 0: matched, let through, and stays armed
             else:
-                decided = slot
+                decided = slot.decision
                 if slot.once:
                     self._consume(slot)
         if self._observers:
