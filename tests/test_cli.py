@@ -489,3 +489,34 @@ def test_the_image_is_closed_and_unchanged_after_a_stopped_script(image: Path) -
         for p in os.listdir(f"/proc/{os.getpid()}/fd")
         if os.path.realpath(f"/proc/{os.getpid()}/fd/{p}") == str(image)
     ]
+
+
+def test_events_registers_custom_events_for_an_ini_file_and_break(image: Path) -> None:
+    """An ini file cannot declare events: ``--events`` registers them first,
+    so a rule and a breakpoint can name them (as blkdebug-nbd's option)."""
+    (image.parent / "r.ini").write_text(
+        '[set-state]\nevent = "journal_commit"\nnew_state = "2"\n\n'
+        '[inject-error]\nevent = "read_aio"\nstate = "2"\nerrno = "28"\n'
+    )
+    without = run(["-c", "read 0 512", "blkdebug:r.ini:img.raw"])
+    assert without[0] == 1 and "r.ini:2: " in without[2] and "journal_commit" in without[2]
+    status, out, err = run(
+        [
+            "--events",
+            "journal_commit, other.event",
+            "--events",
+            "third",
+            "-c",
+            "break third A",
+            "-c",
+            "remove_break A",
+            "-c",
+            "read 0 512",
+            "--report",
+            "blkdebug:r.ini:img.raw",
+        ]
+    )
+    assert (status, err) == (0, "")
+    assert no_stats(out)[0] == "read 512/512 bytes at offset 0"  # nothing raised journal_commit
+    bad = run(["--events", "bad name", "-c", "length", "img.raw"])
+    assert bad[0] == 1 and bad[2].startswith("blkdebug-io: --events: invalid event name 'bad name'")

@@ -45,7 +45,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import NoReturn, TextIO
 
 from ..core.disk import (
@@ -59,7 +59,10 @@ from ..core.disk import (
 )
 from ..core.engine import Hold
 from ..core.errors import BreakpointError, BreakpointTimeout, RuleError
+from ..core.events import EventRegistry
+from ..core.rules import Rule
 from ..report import format_report
+from ..rulefiles import load_rules
 from .commands import (
     PROG,
     SUPPORTED,
@@ -120,8 +123,8 @@ def _parser() -> _Parser:
     p = _Parser(
         prog=PROG,
         add_help=False,
-        usage=f"{PROG} [-f raw] [-t writeback] [-c COMMAND]... [--report] "
-        "[--wait-timeout SECONDS] FILENAME",
+        usage=f"{PROG} [-f raw] [-t writeback] [-c COMMAND]... [--events NAME,...] "
+        "[--report] [--wait-timeout SECONDS] FILENAME",
         description="Run qemu-io commands against a raw image through the blkdebug engine. "
         "FILENAME is blkdebug:RULES:IMAGE, blkdebug::IMAGE or IMAGE; RULES is a "
         "QEMU ini (.ini/.cfg/.conf) or TOML rule file. Without -c, commands are "
@@ -142,6 +145,14 @@ def _parser() -> _Parser:
         "--cache",
         default="writeback",
         help="cache mode: writeback only (qemu-io's default is writethrough)",
+    )
+    p.add_argument(
+        "--events",
+        action="append",
+        default=[],
+        metavar="NAME,...",
+        help="custom event names to register before the rule file is read "
+        "(comma-separated, repeatable), so that rules and 'break' can use them",
     )
     p.add_argument(
         "--report",
@@ -188,14 +199,16 @@ def split_filename(filename: str) -> tuple[str | None, str]:
     return config, image
 
 
-def open_disk(filename: str, err: TextIO) -> tuple[Disk, bool]:
-    """Open FILENAME as qemu-io would; returns (disk, over_blkdebug)."""
-    from ..core.events import EventRegistry
-    from ..rulefiles import load_rules
+def open_disk(filename: str, err: TextIO, events: Iterable[str] = ()) -> tuple[Disk, bool]:
+    """Open FILENAME as qemu-io would; returns (disk, over_blkdebug).
 
+    ``events`` are custom event names registered before the rule file is
+    read: an ini file (which cannot declare events) may then use them, and
+    ``break`` may stop on them.
+    """
     config, image = split_filename(filename)
-    rules: list = []
-    registry = EventRegistry()
+    rules: list[Rule] = []
+    registry = EventRegistry(events)
     if config:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -356,7 +369,8 @@ class Session:
             print(usage, file=self.err)
             return -errno.EINVAL
         try:
-            return await getattr(self, spec.handler)(spec, argv)
+            handler: Callable[[Spec, list[str]], Awaitable[int]] = getattr(self, spec.handler)
+            return await handler(spec, argv)
         except CommandError as exc:
             if exc.stdout:
                 self.say(exc.stdout)
@@ -613,8 +627,14 @@ def main(
             file=err,
         )
         return 1
+    events = [name.strip() for chunk in args.events for name in chunk.split(",") if name.strip()]
     try:
-        disk, over_blkdebug = open_disk(args.filename, err)
+        EventRegistry(events)
+    except RuleError as exc:
+        print(f"{PROG}: --events: {exc}", file=err)
+        return 1
+    try:
+        disk, over_blkdebug = open_disk(args.filename, err, events)
     except (OpenError, RuleError) as exc:
         print(f"{PROG}: can't open device {args.filename}: {exc}", file=err)
         return 1
