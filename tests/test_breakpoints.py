@@ -65,10 +65,14 @@ def test_all_breakpoints_of_an_event_are_consumed_and_each_needs_a_resume(tmp_pa
     held = in_thread(disk.read, 0, 512)
     disk.wait_break("A", timeout=5)
     assert disk.read(4096, 512) == bytes(512)  # not suspended: both were consumed
+    [(_, hold)] = [entry for entry in disk.engine.suspended if entry[0] == "A"][:1]
     disk.resume("A")
-    assert held["thread"].is_alive() or "result" not in held
+    # one resume of two: the request is still suspended, under the other entry
+    assert disk.is_suspended("A") and not hold.released
+    held["thread"].join(0.2)
+    assert held["thread"].is_alive() and "result" not in held and "error" not in held
     disk.resume("A")
-    finish(held)
+    assert finish(held) == bytes(512) and hold.released and not disk.is_suspended("A")
     with pytest.raises(
         bd.BreakpointError, match="Could not resume request: No such file or directory"
     ):

@@ -40,3 +40,21 @@ def test_ruff_format_is_clean():
 def test_mypy_is_clean():
     result = run("mypy", "pytest_blkdebug")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("tool", ["ruff", "mypy"])
+def test_the_gates_run_the_pinned_version(tool):
+    # An unpinned mypy once gave a flaky INTERNAL ERROR: the test extra pins
+    # both tools exactly, and the gates above must be running those versions.
+    from importlib import metadata
+
+    pins = [
+        req
+        for req in metadata.requires("pytest-blkdebug") or []
+        if req.startswith(f"{tool}==") and 'extra == "test"' in req
+    ]
+    assert len(pins) == 1, f"the test extra pins {tool} exactly: {pins}"
+    if importlib.util.find_spec(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    wanted = pins[0].split(";")[0].split("==")[1].strip()
+    assert metadata.version(tool) == wanted, f"{tool} {metadata.version(tool)} != pinned {wanted}"

@@ -11,13 +11,6 @@ import pytest
 
 from tests.qemu_helpers import qemu_io_path
 
-try:  # pytester's in-process runs drop the modules first imported inside them,
-    # and the hypothesis plugin imports this at the end of every run: import it
-    # once here, or each run pays a fresh (assertion-rewritten) import.
-    import hypothesis.internal.observability  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 
 def test_disk_is_fresh_sparse_image_in_tmp_path_and_closed_after(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""

@@ -6,13 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-try:  # pytester's in-process runs drop the modules first imported inside them,
-    # and the hypothesis plugin imports this at the end of every run: import it
-    # once here, or each run pays a fresh (assertion-rewritten) import.
-    import hypothesis.internal.observability  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 INI_RULES = """\
 [inject-error "ini-a"]
 event = "l2_load"

@@ -8,13 +8,6 @@ import pytest
 
 from pytest_blkdebug import plugin
 
-try:  # pytester's in-process runs drop the modules first imported inside them,
-    # and the hypothesis plugin imports this at the end of every run: import it
-    # once here, or each run pays a fresh (assertion-rewritten) import.
-    import hypothesis.internal.observability  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 SIZE_TEST = """
     import os, pytest
 

@@ -21,13 +21,6 @@ from pathlib import Path
 
 import pytest
 
-try:  # pytester's in-process runs drop the modules first imported inside them,
-    # and the hypothesis plugin imports this at the end of every run: import it
-    # once here, or each run pays a fresh (assertion-rewritten) import.
-    import hypothesis.internal.observability  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 BLOCK_AFTER = r"\s*```[a-z]*\n(.*?)```"
 EXAMPLE = re.compile(r"<!-- example (\S+) (\S+) -->" + BLOCK_AFTER, re.DOTALL)

@@ -10,13 +10,6 @@ from pathlib import Path
 
 import pytest
 
-try:  # pytester's in-process runs drop the modules first imported inside them,
-    # and the hypothesis plugin imports this at the end of every run: import it
-    # once here, or each run pays a fresh (assertion-rewritten) import.
-    import hypothesis.internal.observability  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 SUITE = """
     import errno, pytest
 

@@ -722,8 +722,11 @@ def test_dump_ini_refuses_what_qemu_cannot_read(rules: list[Rule], fragment: str
         dump_ini(rules)
 
 
-def test_dump_ini_same_name_in_both_kinds_is_fine() -> None:
-    dump_ini([SetState(event="none", name="x"), InjectError(event="none", name="x")])
+def test_dump_ini_same_name_in_both_kinds_is_fine(tmp_path: Path) -> None:
+    rules = [SetState(event="none", new_state=2, name="x"), InjectError(event="none", name="x")]
+    text = dump_ini(rules)
+    assert '[set-state "x"]' in text and '[inject-error "x"]' in text
+    assert load_rules(write(tmp_path, "same.ini", text)) == rules
 
 
 def test_dump_toml_escapes_names(tmp_path: Path) -> None:

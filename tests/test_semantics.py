@@ -1,4 +1,5 @@
-"""One focused test per rule of blkdebug-semantics.md sections 3 to 5.
+"""One focused test per rule of docs/events.md: "How events arm rules and
+requests are checked" and "What a `Disk` raises, per operation".
 
 Each test is named after the rule it proves; the differential tests against
 real qemu-io (test_conformance.py) prove the same rules wholesale, these say
@@ -61,7 +62,7 @@ def sequence(tmp_path, operation, *args, prepare=None):
     return steps
 
 
-# -- section 1/3: events arm, definition order, state at event start ---------
+# -- docs/events.md, when an event fires: definition order, state at its start
 
 
 def test_engine_starts_in_state_1(tmp_path):
@@ -78,7 +79,7 @@ def test_open_raises_none_once(tmp_path):
 
 
 def test_active_list_persists_across_unrelated_requests(tmp_path):
-    # qemu-observations 1: a read_aio rule without once fails the next write too.
+    # docs/events.md, qemu-io run 1: a read_aio rule without once fails the next write too.
     disk = make_disk(tmp_path, [InjectError("read_aio")])
     assert [
         outcome(disk.read, 0, 512),
@@ -121,7 +122,7 @@ def test_first_defined_set_state_decides(tmp_path):
 
 
 def test_arming_replaces_active_list(tmp_path):
-    # qemu-observations 5: write_aio arming B replaces A armed by read_aio.
+    # docs/events.md, qemu-io run 5: write_aio arming B replaces A armed by read_aio.
     disk = make_disk(
         tmp_path,
         [
@@ -186,7 +187,7 @@ def test_set_state_and_inject_on_one_event_do_not_see_each_other(tmp_path):
     assert disk.rule("late").armed == 1
 
 
-# -- section 4: the request check --------------------------------------------
+# -- docs/events.md, when a request is checked ---------------------------------
 
 
 def test_first_matching_armed_rule_decides(tmp_path):
@@ -282,7 +283,7 @@ def test_iotype_narrows_and_default_excludes_block_status(tmp_path):
     assert outcome(bs.block_status, 0, 512) == EIO
 
 
-# -- section 5: the disk's event sequences -----------------------------------
+# -- docs/events.md, what a Disk raises, per operation ---------------------------
 
 
 def test_read_sequence(tmp_path):
