@@ -1,0 +1,510 @@
+"""Fault sweeps: run a workload once per I/O and fail the Nth request, for every N.
+
+SQLite's ioerr tests and Pebble's error tests do this by hand: for N = 1, 2,
+... start from a fresh database, fail the Nth I/O, run the workload, check
+the invariant, and stop at the first N the workload never reaches. The
+``blkdebug_sweep`` fixture is that loop::
+
+    def test_commit_survives_every_write_error(blkdebug_sweep):
+        result = blkdebug_sweep.run(commit, prep=make_store, check=recovers,
+                                    iotype="write")
+        assert result.points == 7
+
+For each N: a fresh disk (the ``prep`` image, copied), one inject-error rule
+from the keyword arguments that fails the Nth matching request (or, with
+``persist=True``, every one from the Nth on), ``body(disk)``, then
+``check(disk, outcome)``. Each N is a subtest named ``N=<n>``; a failure names
+N, the request that failed and what ``body`` raised. ``--blkdebug-sweep=N``
+reruns one point; ``@pytest.mark.blkdebug_split(K)`` spreads the points of a
+test over K items (every K-th N), for ``pytest -n``.
+
+This module is a pytest plugin of its own (registered by the package's plugin
+module): its option, its fixture and its report hook.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import os
+import shutil
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+import pytest
+
+from ..core.decision import Decision
+from ..core.disk import Disk, create_image
+from ..core.engine import Engine
+from ..core.errors import InjectedError, RuleError
+from ..core.events import IOTYPES, EventRegistry
+from ..core.rules import InjectError, errno_name
+from ..report import format_report
+
+if TYPE_CHECKING:
+    from . import DiskFactory
+
+__all__ = [
+    "SWEEP_HELP",
+    "Sweep",
+    "SweepFailure",
+    "SweepOutcome",
+    "SweepRequest",
+    "SweepResult",
+    "blkdebug_sweep",
+]
+
+SWEEP_HELP = (
+    "run only point N of every blkdebug_sweep (the N a failure names), e.g. "
+    "--blkdebug-sweep=3 with the failing test's node id"
+)
+#: The sweep's rule is called this in reports and in ``InjectedError.rule``.
+RULE_NAME = "sweep"
+#: A sweep that has not ended after this many points is stopped as a failure.
+MAX_POINTS = 100_000
+SECTION = "blkdebug sweep"
+
+_POINT = pytest.StashKey["_Point | None"]()
+
+Body = Callable[[Disk], object]
+Prep = Callable[[Disk], object]
+
+
+# ---------------------------------------------------------------------------
+# Values: a point's request, its outcome, the whole sweep's result
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """The request a sweep point failed: ``operation`` is the iotype name
+    (``read``, ``write``, ``write-zeroes``, ``discard``, ``flush``)."""
+
+    operation: str
+    offset: int
+    length: int
+
+    def __str__(self) -> str:
+        if self.operation == "flush":
+            return "flush"
+        return f"{self.operation} of {self.length} bytes at offset {self.offset}"
+
+
+@dataclass
+class SweepOutcome:
+    """What happened at one point, as ``check(disk, outcome)`` sees it.
+
+    ``hit``: the rule failed a request (else N was never reached: this is the
+    run without a fault, the sweep's last). ``request``: the first request it
+    failed; ``failed`` all of them (more than one only with ``persist``).
+    ``error``: what ``body`` raised (None: it returned ``value``).
+    """
+
+    n: int
+    hit: bool
+    request: SweepRequest | None
+    failed: list[SweepRequest]
+    error: BaseException | None
+    value: object = None
+
+    @property
+    def raised(self) -> bool:
+        return self.error is not None
+
+    @property
+    def injected(self) -> InjectedError | None:
+        """The sweep's ``InjectedError`` if it reached the caller (directly or
+        as the cause or context of what ``body`` raised), else None."""
+        seen: set[int] = set()
+        exc = self.error
+        while exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            if isinstance(exc, InjectedError) and exc.rule == RULE_NAME:
+                return exc
+            exc = exc.__cause__ or exc.__context__
+        return None
+
+
+@dataclass
+class SweepResult:
+    """What a sweep ran.
+
+    ``requests[n]``: the request point N failed, for each N that reached the
+    fault; ``points``: how many did (for a whole sweep, the workload's
+    matching requests); ``runs``: every N that ran, the last one being the
+    run that reached no fault; ``failures``: the N whose point failed.
+    """
+
+    requests: dict[int, SweepRequest] = field(default_factory=dict)
+    runs: list[int] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+
+    @property
+    def points(self) -> int:
+        return len(self.requests)
+
+
+class SweepFailure(AssertionError):
+    """A sweep point failed: the message names N, its request and the error."""
+
+
+# ---------------------------------------------------------------------------
+# The engine of one point: counts the rule's matching requests
+# ---------------------------------------------------------------------------
+
+
+def _native_after() -> bool:
+    return "after" in InjectError.__dataclass_fields__
+
+
+class _PointEngine(Engine):
+    """An engine that records which requests the sweep's rule failed.
+
+    With ``InjectError(after=, count=)`` the rule itself skips the first N-1
+    matching requests; without them (older engines) this class counts the
+    matching requests and lets all but the chosen ones through.
+    """
+
+    def __init__(
+        self, rule: InjectError, registry: EventRegistry, n: int, persist: bool, count: bool
+    ) -> None:
+        super().__init__([rule], registry=registry)
+        self._n = n
+        self._persist = persist
+        self._count = count
+        self._seen = 0
+        self._sweep_lock = threading.Lock()
+        self.failed: list[SweepRequest] = []
+
+    def decide(self, iotype: int, offset: int, length: int) -> Decision | None:
+        decision = super().decide(iotype, offset, length)
+        if decision is None or decision.rule != RULE_NAME:
+            return decision
+        with self._sweep_lock:
+            if self._count:
+                self._seen += 1
+                if self._seen < self._n or (self._seen > self._n and not self._persist):
+                    return None
+            elif not _effective(decision):
+                return decision  # one the rule lets through (after=)
+            self.failed.append(SweepRequest(IOTYPES[iotype], offset, length))
+        return decision
+
+
+def _effective(decision: Decision) -> bool:
+    return bool(
+        decision.errno or decision.corrupt or decision.lost or decision.misdirect is not None
+    )
+
+
+# ---------------------------------------------------------------------------
+# The fixture
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Point:
+    """The point running now, for the report hook."""
+
+    n: int
+    disk: Disk
+
+
+class Sweep:
+    """``blkdebug_sweep``: ``run(body, *, prep=None, check=None, **rule)``."""
+
+    def __init__(
+        self,
+        item: pytest.Item,
+        factory: DiskFactory,
+        subtests: Any,
+        tmp_path: Path,
+        only: int | None,
+        part: tuple[int, int] | None,
+    ) -> None:
+        self.item = item
+        self.factory = factory
+        self.subtests = subtests
+        self.tmp_path = tmp_path
+        self.only = only
+        #: (index, K): this item runs N = index + 1, index + 1 + K, ...
+        self.part = part
+        self._runs = 0
+        self._collected: list[Exception] = []
+
+    def run(
+        self,
+        body: Body,
+        *,
+        prep: Prep | None = None,
+        check: Callable[[Disk, SweepOutcome], object] | None = None,
+        size: int | None = None,
+        events: Iterable[str] = (),
+        **rule: Any,
+    ) -> SweepResult:
+        """Run ``body`` once per N with the Nth matching request failing.
+
+        ``rule``: ``iotype`` (default QEMU's: read, write, write-zeroes,
+        discard, flush), ``event`` (what arms the rule; default ``none``,
+        raised when the disk opens, so every request counts), ``sector``,
+        ``errno`` (default EIO), ``persist`` (default False: only the Nth
+        request fails; True: every one from the Nth on), and other
+        inject-error attributes. ``prep(disk)`` prepares the image once;
+        each point gets a copy of it, and of every file ``prep`` left in the
+        disk's directory (``Path(disk.path).parent``). ``size``: the image's
+        size (default: the test's). ``events``: custom event names to accept
+        besides the test's.
+        """
+        persist = rule.pop("persist", False)
+        if not isinstance(persist, bool):
+            raise RuleError(f"blkdebug_sweep: persist must be True or False, not {persist!r}")
+        rule.setdefault("event", "none")
+        rule.setdefault("errno", errno_module.EIO)
+        for reserved in ("name", "after", "count", "once"):
+            if reserved in rule:
+                raise RuleError(
+                    f"blkdebug_sweep: {reserved!r} is the sweep's to set (it picks the Nth request)"
+                )
+        registry = EventRegistry((*self.factory.plan.events, *events))
+        self._make_rule(rule, 1, persist)  # validate before any work
+        registry.check(rule["event"])
+
+        self._runs += 1
+        base = self.tmp_path / (f"sweep{self._runs}" if self._runs > 1 else "sweep")
+        template = base / "template"
+        template.mkdir(parents=True)
+        image = template / "disk.img"
+        nbytes = size if size is not None else self._default_size()
+        made = self.item.ihook.pytest_blkdebug_make_image(
+            item=self.item, path=str(image), size=nbytes, template=self.factory.plan.template
+        )
+        if made is None or Path(made) != image:
+            raise RuntimeError(f"blkdebug_sweep: the image must be made at {image}, not {made}")
+        if prep is not None:
+            with Disk(image, engine=Engine(registry=EventRegistry(registry.custom))) as disk:
+                prep(disk)
+
+        result = SweepResult()
+        for n in self._schedule():
+            if n > MAX_POINTS:
+                pytest.fail(
+                    f"blkdebug_sweep: still reaching the fault at N={MAX_POINTS}; "
+                    "does the body ever finish?",
+                    pytrace=False,
+                )
+            reached = self._point(n, base, template, registry, rule, persist, body, check, result)
+            if not reached:
+                break
+        if self._collected:
+            failures, self._collected = self._collected, []
+            raise SweepFailure("\n".join(str(exc) for exc in failures)) from failures[0]
+        return result
+
+    # -- one point ------------------------------------------------------------
+
+    def _point(
+        self,
+        n: int,
+        base: Path,
+        template: Path,
+        registry: EventRegistry,
+        rule: dict[str, Any],
+        persist: bool,
+        body: Body,
+        check: Callable[[Disk, SweepOutcome], object] | None,
+        result: SweepResult,
+    ) -> bool:
+        __tracebackhide__ = True
+        where = base / f"N={n}"
+        _copy_tree(template, where)
+        count = not _native_after()
+        engine = _PointEngine(
+            self._make_rule(rule, n, persist, native=not count),
+            EventRegistry(registry.custom),
+            n,
+            persist,
+            count,
+        )
+        failed = False
+        reached = False
+        with self._subtest(n):
+            disk = Disk(where / "disk.img", engine=engine)
+            self.item.stash[_POINT] = _Point(n, disk)
+            try:
+                error: BaseException | None = None
+                value: object = None
+                try:
+                    value = body(disk)
+                except Exception as exc:
+                    error = exc
+                reached = bool(engine.failed)
+                request = engine.failed[0] if reached else None
+                if request is not None:
+                    result.requests[n] = request
+                result.runs.append(n)
+                outcome = SweepOutcome(n, reached, request, list(engine.failed), error, value)
+                failed = True  # until the checks pass
+                if not reached and error is not None:
+                    raise SweepFailure(
+                        f"N={n} (not reached: no fault was injected): body raised "
+                        f"{_describe(error)}"
+                    ) from error
+                if check is not None:
+                    try:
+                        check(disk, outcome)
+                    except Exception as exc:
+                        raise SweepFailure(_failure_message(n, outcome, rule, exc)) from exc
+                failed = False
+            finally:
+                disk.close()
+        self.item.stash[_POINT] = None
+        if failed:
+            result.failures.append(n)
+        else:
+            shutil.rmtree(where, ignore_errors=True)  # keep only failed points' files
+        return reached
+
+    @contextmanager
+    def _subtest(self, n: int) -> Iterator[None]:
+        if self.subtests is not None:
+            with self.subtests.test(msg=f"N={n}"):
+                yield
+            return
+        try:  # pytest < 9 has no subtests: collect, and fail once at the end
+            yield
+        except Exception as exc:
+            self._collected.append(exc)
+
+    def _make_rule(
+        self, rule: dict[str, Any], n: int, persist: bool, native: bool = False
+    ) -> InjectError:
+        attrs = dict(rule, name=RULE_NAME)
+        if native:
+            attrs["after"] = n - 1
+            if not persist:
+                attrs["count"] = 1
+        try:
+            return InjectError(**attrs)
+        except TypeError as exc:
+            allowed = ", ".join(
+                f for f in InjectError.__dataclass_fields__ if f not in ("name", "after", "count")
+            )
+            raise RuleError(
+                f"blkdebug_sweep: {exc} (rule attributes: {allowed}, persist)"
+            ) from None
+
+    def _schedule(self) -> Iterator[int]:
+        if self.only is not None:
+            yield self.only
+            return
+        start, step = (self.part[0] + 1, self.part[1]) if self.part else (1, 1)
+        n = start
+        while True:
+            yield n
+            n += step
+
+    def _default_size(self) -> int:
+        plan = self.factory.plan
+        if plan.size is not None:
+            return plan.size
+        if plan.template is not None:
+            return os.path.getsize(plan.template)
+        return int(self.factory.session.settings.image_size)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """A point's own copy of the template directory: sparse or reflinked files."""
+    dst.mkdir()
+    for entry in os.scandir(src):
+        target = dst / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            _copy_tree(Path(entry.path), target)
+        elif entry.is_file(follow_symlinks=False):
+            create_image(target, entry.stat().st_size, entry.path)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _failure_message(
+    n: int, outcome: SweepOutcome, rule: dict[str, Any], exc: BaseException
+) -> str:
+    err = errno_name(int(rule.get("errno", errno_module.EIO)))
+    if outcome.request is None:
+        where = "not reached (no fault was injected)"
+    else:
+        more = f" and {len(outcome.failed) - 1} more" if len(outcome.failed) > 1 else ""
+        where = f"{err} injected into {outcome.request}{more}"
+    raised = (
+        f"body raised {_describe(outcome.error)}" if outcome.error is not None else "body returned"
+    )
+    return f"N={n}: {where}; {raised}; check failed: {_describe(exc)}"
+
+
+# ---------------------------------------------------------------------------
+# pytest glue: the option, the fixture, the report section
+# ---------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("blkdebug")
+    group.addoption(
+        "--blkdebug-sweep",
+        dest="blkdebug_sweep",
+        metavar="N",
+        type=int,
+        default=None,
+        help=SWEEP_HELP,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    only = config.getoption("blkdebug_sweep", None)
+    if only is not None and only < 1:
+        raise pytest.UsageError(f"--blkdebug-sweep: N must be 1 or more, not {only}")
+
+
+def _split_part(item: pytest.Item) -> tuple[int, int] | None:
+    return None  # the K-way split (plugin/split.py) is not on main yet
+
+
+@pytest.fixture
+def blkdebug_sweep(
+    request: pytest.FixtureRequest, blkdebug_disk_factory: DiskFactory, tmp_path: Path
+) -> Iterator[Sweep]:
+    """Run a workload once per I/O, failing the Nth request (``run(body, *,
+    prep=None, check=None, **rule)``); each N is a subtest ``N=<n>``."""
+    try:
+        subtests = request.getfixturevalue("subtests")
+    except pytest.FixtureLookupError:  # pytest < 9: failures are collected instead
+        subtests = None
+    item = request.node
+    sweep = Sweep(
+        item,
+        blkdebug_disk_factory,
+        subtests,
+        tmp_path,
+        request.config.getoption("blkdebug_sweep", None),
+        _split_part(item),
+    )
+    item.stash[_POINT] = None
+    yield sweep
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    outcome = yield
+    point = item.stash.get(_POINT, None)
+    if point is None:
+        return
+    report = outcome.get_result()
+    if report.failed:
+        report.sections.append((f"{SECTION} N={point.n}", format_report(point.disk)))
