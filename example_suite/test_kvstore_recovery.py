@@ -10,8 +10,11 @@ all).
 
 Setup: the ``kv`` fixture formats the store, commits one transaction and
 reopens it; the module's TOML rule file moves the state to 2 on the first
-read, the reopened store's recovery. Fault rules are gated on state 2 (or on
-states counted from it).
+read, the reopened store's recovery. Fault rules are gated on state 2.
+
+The sweeps (``blkdebug_sweep``) need no state gate: the setup is their
+``prep``, done once on a disk without rules, and each point starts from a
+copy of that image with only the sweep's rule.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 from kvstore import KVStore, StoreFailed
 
 from pytest_blkdebug import Disk, InjectedError
+from pytest_blkdebug.plugin.sweep import Sweep, SweepOutcome
 
 pytestmark = pytest.mark.blkdebug_rules("rules/kv-after-setup.toml")
 
@@ -33,15 +37,6 @@ WORKLOAD: list[tuple[str, dict[str, str | None] | None]] = [
     ("commit", {"reading/4": "21.0", "reading/5": "21.2"}),
     ("checkpoint", None),
 ]
-
-
-def occurrences(event: str) -> int:
-    """How often the workload raises ``event``: one append per change, one
-    commit record per commit, one checkpoint per checkpoint."""
-    if event == "journal_append":
-        return sum(len(changes or {}) for kind, changes in WORKLOAD if kind == "commit")
-    kind = "commit" if event == "journal_commit" else "checkpoint"
-    return sum(1 for k, _ in WORKLOAD if k == kind)
 
 
 def run(store: KVStore, model: dict[str, str]) -> InjectedError | None:
@@ -84,37 +79,86 @@ def test_failure_at_each_event(kv: KVStore, blkdebug_disk: Disk, event: str) -> 
     assert KVStore.open(blkdebug_disk).snapshot() == model
 
 
-def nth(event: str, n: int) -> list[pytest.MarkDecorator]:
-    """Markers that fail the n-th ``event`` after the setup: set-state rules
-    count the occurrences (state 2 + k after k of them) and the inject-error
-    rule waits for state n + 1. A set-state rule and an inject-error rule on
-    the same event see the state as it was when the event started."""
-    count = [
-        pytest.mark.set_state(event, s + 1, state=s, name=f"seen-{s - 1}") for s in range(2, n + 1)
-    ]
-    return [*count, pytest.mark.inject_error(event, state=n + 1, once=True, name="crash")]
+def workload(store: KVStore) -> tuple[dict[str, str], dict[str, str | None], OSError | None]:
+    """Run the workload and say what the caller was promised: the model of the
+    transactions whose commit returned, the changes of the commit in flight
+    when a write failed (empty if it was a checkpoint), and that error."""
+    model = dict(store.snapshot())
+    for kind, changes in WORKLOAD:
+        try:
+            if kind == "commit":
+                assert changes is not None
+                store.commit(changes)
+                for key, value in changes.items():
+                    if value is None:
+                        model.pop(key, None)
+                    else:
+                        model[key] = value
+            else:
+                store.checkpoint()
+        except OSError as exc:
+            return model, dict(changes or {}), exc
+    return model, {}, None
 
 
-CRASH_POINTS = [
-    pytest.param(event, n, marks=nth(event, n), id=f"{event}#{n}")
-    for event in ("journal_append", "journal_commit", "checkpoint")
-    for n in range(1, occurrences(event) + 1)
-]
+def applied(model: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    after = dict(model)
+    for key, value in changes.items():
+        if value is None:
+            after.pop(key, None)
+        else:
+            after[key] = value
+    return after
 
 
-# Proves the store's crash safety at every point it announces: the workload is
-# failed at each occurrence of each event in turn (12 crash points), and every
-# time recovery returns exactly the committed transactions. The state
-# history shows the counting: 1 -> 2 when the setup ends, then one step per
-# occurrence until the failing one.
-@pytest.mark.parametrize(("event", "n"), CRASH_POINTS)
-def test_crash_at_every_point(kv: KVStore, blkdebug_disk: Disk, event: str, n: int) -> None:
-    model = dict(SETUP)
-    error = run(kv, model)
-    assert error is not None, f"the workload never reached {event} #{n}"
-    assert blkdebug_disk.rule("crash").hits == 1
-    assert blkdebug_disk.state == n + 1
-    assert KVStore.open(blkdebug_disk).snapshot() == model
+def prepared_store(disk: Disk) -> None:
+    """The sweep's template image: the setup of the ``kv`` fixture."""
+    KVStore.format(disk).commit(SETUP)
+
+
+# Proves the store's crash safety at every write and every flush of the
+# workload (3 commits, 2 checkpoints): for N = 1, 2, ... a fresh copy of the
+# set-up store, the Nth write or flush fails, the store reports the error and
+# refuses further writes, and recovery returns exactly the committed
+# transactions; when the failed request is the flush after a commit record the
+# outcome is unknown, so the in-flight transaction is there entirely or not at
+# all. 21 points; the sweep stops at N=22, which the workload never reaches.
+def test_every_write_and_flush_of_the_workload(blkdebug_sweep: Sweep) -> None:
+    def body(disk: Disk) -> tuple[dict[str, str], dict[str, str | None], OSError | None]:
+        store = KVStore.open(disk)
+        result = workload(store)
+        if result[2] is not None:
+            with pytest.raises(StoreFailed):
+                store.commit({"after": "failure"})
+        return result
+
+    def check(disk: Disk, outcome: SweepOutcome) -> None:
+        assert isinstance(outcome.value, tuple)
+        model, in_flight, error = outcome.value
+        assert (error is not None) == outcome.hit  # every fault reaches the caller
+        recovered = KVStore.open(disk).snapshot()
+        if outcome.request is not None and outcome.request.operation == "flush":
+            assert recovered in (model, applied(model, in_flight))
+        else:
+            assert recovered == model
+
+    result = blkdebug_sweep.run(body, prep=prepared_store, check=check, iotype=["write", "flush"])
+    operations = [r.operation for r in result.requests.values()]
+    assert (operations.count("write"), operations.count("flush")) == (14, 7)
+
+
+# Proves recovery itself fails loudly, not wrongly: each read the reopening
+# store makes (superblocks, snapshot, journal records) fails in turn; opening
+# raises that I/O error instead of returning a partial table or calling the
+# store corrupt, and a second open, without the fault, recovers everything.
+def test_every_read_of_recovery(blkdebug_sweep: Sweep) -> None:
+    def check(disk: Disk, outcome: SweepOutcome) -> None:
+        assert outcome.hit == (outcome.injected is not None)
+        assert outcome.hit == outcome.raised
+        assert KVStore.open(disk).snapshot() == SETUP
+
+    result = blkdebug_sweep.run(KVStore.open, prep=prepared_store, check=check, iotype="read")
+    assert result.points >= 4  # both superblock slots, the snapshot, journal records
 
 
 # Proves why a failed flush leaves the outcome unknown: the commit record was

@@ -13,12 +13,16 @@ deleted). Fault rules are gated on state 2.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import apsw
 import pytest
 
 from pytest_blkdebug import Disk
+from pytest_blkdebug.adapters.sqlite import open_database
+from pytest_blkdebug.plugin.sweep import Sweep, SweepOutcome
 
 if TYPE_CHECKING:
     from conftest import AppDB
@@ -167,3 +171,73 @@ def test_commit_order_journal_then_database(app_db: AppDB, blkdebug_disk: Disk) 
     first = {name: last_commit.index(name) for name in dict.fromkeys(last_commit)}
     assert first["sqlite_journal_sync"] < first["sqlite_db_write"] < first["sqlite_db_sync"]
     assert last_commit[-1] == "sqlite_journal_delete"
+
+
+# -- the sweep: every write, sync and delete of one commit ---------------------------
+
+SWEEP_ROWS = 20
+
+
+def sweep_prep(disk: Disk) -> None:
+    """The sweep's template: ``app.db`` with the table and the first rows,
+    committed on a disk without rules, next to the sweep's image."""
+    con = open_database(Path(disk.path).parent, "app.db", engine=disk)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
+    con.execute("BEGIN")
+    con.executemany("INSERT INTO t VALUES (?, ?)", rows(0, SWEEP_ROWS))
+    con.execute("COMMIT")
+    con.close()
+
+
+def rows(start: int, count: int) -> list[tuple[int, str]]:
+    return [(i, f"payload {i} " * 30) for i in range(start, start + count)]
+
+
+def sweep_commit(disk: Disk) -> apsw.Error | None:
+    """One transaction of 10 rows: what a commit reported (None: committed)."""
+    con = open_database(Path(disk.path).parent, "app.db", engine=disk)
+    try:
+        con.execute("BEGIN")
+        con.executemany("INSERT INTO t VALUES (?, ?)", rows(100, 10))
+        con.execute("COMMIT")
+    except apsw.Error as exc:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        return exc
+    finally:
+        con.close()
+    return None
+
+
+def sweep_check(disk: Disk, outcome: SweepOutcome) -> None:
+    error = outcome.value
+    assert (error is not None) == outcome.hit  # every fault is reported
+    if error is not None:
+        assert isinstance(error, (apsw.IOError, apsw.FullError))
+    con = open_database(Path(disk.path).parent, "app.db", engine=disk)  # a restart
+    try:
+        ids = [row[0] for row in con.execute("SELECT id FROM t ORDER BY id")]
+        committed = [*range(SWEEP_ROWS), *range(100, 110)]
+        assert ids == (list(range(SWEEP_ROWS)) if error else committed)
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        con.close()
+
+
+# Proves SQLite's atomic commit at every step (SQLite's own ioerr loop): for
+# N = 1, 2, ... a fresh copy of a committed database, and the Nth write, sync
+# or delete of the next commit fails (the rollback journal's header and pages,
+# its syncs, the database pages, the database sync, the journal's delete).
+# Each time the commit reports SQLITE_IOERR, and a restarted process finds the
+# old rows, none of the new ones and an intact database; the run that reaches
+# no fault commits all 10 rows.
+def test_every_write_sync_and_delete_of_a_commit(blkdebug_sweep: Sweep) -> None:
+    result = blkdebug_sweep.run(
+        sweep_commit,
+        prep=sweep_prep,
+        check=sweep_check,
+        iotype=["write", "flush", "discard"],
+    )
+    # journal pages, sync, journal header, sync, database pages, sync, delete
+    shape = " ".join(r.operation for r in result.requests.values())
+    assert re.fullmatch(r"(write )+flush write flush (write )+flush discard", shape), shape

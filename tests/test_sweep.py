@@ -12,11 +12,6 @@ import re
 
 import pytest
 
-try:  # see test_plugin_fixtures.py: import once, not once per in-process run
-    import hypothesis.internal.observability  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 #: A workload used by several tests: 2 reads, 3 writes, a flush, a clean flush.
 WORKLOAD = """
 BLOCK = 4096

@@ -170,17 +170,21 @@ class _PointEngine(Engine):
     """
 
     def __init__(
-        self, rule: InjectError, registry: EventRegistry, n: int, persist: bool, count: bool
+        self, rule: InjectError | None, registry: EventRegistry, n: int, persist: bool, count: bool
     ) -> None:
-        super().__init__([rule], registry=registry)
+        super().__init__([] if rule is None else [rule], registry=registry)
         self._n = n
         self._persist = persist
         self._count = count
         self._seen = 0
         self._sweep_lock = threading.Lock()
         self.failed: list[SweepRequest] = []
+        #: Set once ``body`` is over: ``check`` reads and writes without faults.
+        self.disarmed = False
 
     def decide(self, iotype: int, offset: int, length: int) -> Decision | None:
+        if self.disarmed:
+            return None
         decision = super().decide(iotype, offset, length)
         if decision is None or decision.rule != RULE_NAME:
             return decision
@@ -255,9 +259,11 @@ class Sweep:
         request fails; True: every one from the Nth on), and other
         inject-error attributes. ``prep(disk)`` prepares the image once;
         each point gets a copy of it, and of every file ``prep`` left in the
-        disk's directory (``Path(disk.path).parent``). ``size``: the image's
-        size (default: the test's). ``events``: custom event names to accept
-        besides the test's.
+        disk's directory (``Path(disk.path).parent``). ``check(disk, outcome)``
+        runs after ``body`` with the rule disarmed, so it reads and writes
+        without faults. ``size``: the image's size (default: the test's).
+        ``events``: custom event names to accept besides the test's. Under
+        ``--blkdebug-no-rules`` no fault is injected: the sweep runs once.
         """
         persist = rule.pop("persist", False)
         if not isinstance(persist, bool):
@@ -322,8 +328,9 @@ class Sweep:
         where = base / f"N={n}"
         _copy_tree(template, where)
         count = not _native_after()
+        no_rules = self.factory.session.settings.no_rules  # --blkdebug-no-rules: no fault
         engine = _PointEngine(
-            self._make_rule(rule, n, persist, native=not count),
+            None if no_rules else self._make_rule(rule, n, persist, native=not count),
             EventRegistry(registry.custom),
             n,
             persist,
@@ -341,6 +348,7 @@ class Sweep:
                     value = body(disk)
                 except Exception as exc:
                     error = exc
+                engine.disarmed = True
                 reached = bool(engine.failed)
                 request = engine.failed[0] if reached else None
                 if request is not None:
