@@ -108,6 +108,8 @@ class AsyncDisk:
         try:
             await self._begin(WRITE_SEQ, offset, length)
             disk._pwrite(offset, data, length)
+            if disk.engine.recorders:
+                disk._stored("write", offset, length, data)
         finally:
             await self._end(WRITE_SEQ)
 
@@ -117,6 +119,8 @@ class AsyncDisk:
         try:
             await self._begin(WRITE_ZEROES_SEQ, offset, length)
             _zero_range(self.disk.fileno(), offset, length, unmap)
+            if self.disk.engine.recorders:
+                self.disk._stored("write_zeroes", offset, length, None)
         finally:
             await self._end(WRITE_ZEROES_SEQ)
 
@@ -126,6 +130,8 @@ class AsyncDisk:
         try:
             await self._begin(DISCARD_SEQ, offset, length)
             _punch_hole(self.disk.fileno(), offset, length)
+            if self.disk.engine.recorders:
+                self.disk._stored("discard", offset, length, None)
         finally:
             await self._end(DISCARD_SEQ)
 
@@ -133,6 +139,20 @@ class AsyncDisk:
         disk = self.disk
         if disk.closed:
             raise disk._bad_request("flush", 0, 0)
+        recorders = disk.engine.recorders
+        if not recorders:
+            return await self._flush()
+        tokens = [(r, r.on_flush_begin(disk)) for r in recorders]
+        ok = False
+        try:
+            await self._flush()
+            ok = True
+        finally:
+            for recorder, token in tokens:
+                recorder.on_flush_end(disk, token, ok)
+
+    async def _flush(self) -> None:
+        disk = self.disk
         await self._fire((FLUSH_TO_OS,), "flush")
         if disk._dirty_event:
             await self._fire((FLUSH_TO_DISK,), "flush")

@@ -16,7 +16,7 @@ import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .engine import Engine, Hold, RuleStatus, StateChange, TraceEntry
 from .errors import BreakpointTimeout, InjectedError
@@ -27,6 +27,7 @@ from .sizes import parse_size
 if TYPE_CHECKING:
     from ..nbd.server import NBDExport
     from .aio import AsyncDisk
+    from .crash import Recording
 
 DEFAULT_HOLD_TIMEOUT = 60.0
 DEFAULT_WAIT_TIMEOUT = 5.0
@@ -174,6 +175,9 @@ class Disk:
         self._holds: set[Hold] = set()  # this disk's requests waiting at breakpoints
         self._aio: AsyncDisk | None = None
         engine.attach()
+        engine.disks.add(self)
+        if engine.recorders:  # a disk opened while recording (crash.py)
+            engine.file_op("open", self.path, disk=self)
         if not engine.opened:
             engine.opened = True
             self._wait(engine.fire("none", "open"))
@@ -342,6 +346,8 @@ class Disk:
                     raise InjectedError(slot.errno, slot.rule, "write", offset, length)
             if os.pwrite(self._fd, data, offset) < length:
                 self._pwrite(offset, data, length)  # short write: finish it
+            if engine.recorders:
+                self._stored("write", offset, length, data)
         finally:
             try:
                 if "pwritev_done" in engine.live_events:
@@ -360,6 +366,8 @@ class Disk:
         try:
             self._begin(WRITE_ZEROES_SEQ, offset, length)
             _zero_range(self._fd, offset, length, unmap)
+            if self.engine.recorders:
+                self._stored("write_zeroes", offset, length, None)
         finally:
             self._end(WRITE_ZEROES_SEQ)
 
@@ -370,6 +378,8 @@ class Disk:
         try:
             self._begin(DISCARD_SEQ, offset, length)
             _punch_hole(self._fd, offset, length)
+            if self.engine.recorders:
+                self._stored("discard", offset, length, None)
         finally:
             self._end(DISCARD_SEQ)
 
@@ -391,11 +401,29 @@ class Disk:
             self._dirty_event = True
         return True
 
+    def _stored(self, operation: str, offset: int, length: int, data: object) -> None:
+        """Tell the recordings (crash.py) what reached the image."""
+        for recorder in self.engine.recorders:
+            recorder.on_store(self, operation, offset, length, data)  # type: ignore[arg-type]
+
     def flush(self) -> None:
         """flush_to_os; if anything was written since the last good flush,
         flush_to_disk and the flush check; a failed flush stays dirty."""
         if self._closed:
             raise self._bad_request("flush", 0, 0)
+        recorders = self.engine.recorders
+        if not recorders:
+            return self._flush()
+        tokens = [(r, r.on_flush_begin(self)) for r in recorders]
+        ok = False
+        try:
+            self._flush()
+            ok = True
+        finally:
+            for recorder, token in tokens:
+                recorder.on_flush_end(self, token, ok)
+
+    def _flush(self) -> None:
         engine = self.engine
         self._wait(engine.fire(FLUSH_TO_OS, "flush"))
         if self._dirty_event:
@@ -428,6 +456,10 @@ class Disk:
     def dirty(self) -> bool:
         """Whether the next flush has work to do (and so will be checked)."""
         return self._dirty_event
+
+    def record(self, **kwargs: Any) -> Recording:
+        """``self.engine.record()``: log every disk of the engine (crash.py)."""
+        return self.engine.record(**kwargs)
 
     # -- breakpoints ---------------------------------------------------------
 

@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .active import NO_MATCHERS, ActiveIndex, Slot
 from .decision import Decision
 from .errors import BreakpointError, BreakpointTimeout, RuleError
 from .events import IOTYPES, EventRegistry
 from .rules import Breakpoint, InjectError, Rule, SetState
+
+if TYPE_CHECKING:
+    from .crash import Recording
 
 TRACE_LENGTH = 64
 HISTORY_LENGTH = 256
@@ -205,6 +209,9 @@ class Engine:
         self._observers: tuple[Observer, ...] = ()
         self.opened = False
         self._users = 0  # disks attached (several may share one engine)
+        self.disks: weakref.WeakSet[Any] = weakref.WeakSet()  # open ones, for record()
+        #: Active recordings (crash.py), whose hooks the request path calls.
+        self.recorders: tuple[Recording, ...] = ()
         self.add_rules(rules)
 
     # -- rules -------------------------------------------------------------
@@ -552,6 +559,17 @@ class Engine:
             self._notify("resume", entry.tag)
             entry.hold._advance()
         return [(e.tag, e.hold) for e in entries]
+
+    def record(self, **kwargs: Any) -> Recording:
+        """A ``Recording`` of every disk on this engine (``with engine.record() as run``)."""
+        from .crash import Recording
+
+        return Recording(self, **kwargs)
+
+    def file_op(self, kind: str, path: str, **details: Any) -> None:
+        """An adapter's file operation (create, truncate, delete, dirsync) for the recorders."""
+        for recorder in self.recorders:
+            recorder.on_file_op(kind, path, details)
 
     def attach(self) -> None:
         """A disk starts using this engine."""

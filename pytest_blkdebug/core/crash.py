@@ -1,0 +1,458 @@
+"""Power loss: record what every disk of an engine stored, then list the images a crash could leave.
+
+``disk.record()`` (the same as ``disk.engine.record()``) returns a
+:class:`Recording`. While it runs, the request path tells it about every
+write, write-zeroes, discard and flush of every ``Disk`` on the engine, in
+completion order, and the adapters tell it about files that come and go
+(``engine.file_op``: create, truncate, delete, directory sync). Nothing the
+code under test sees changes: reads see unflushed data, as on a real OS.
+
+The durability model (docs/crash.md has its sources):
+
+* a write is *volatile* until a flush of the same file, issued after the
+  write completed, has completed; a failed flush makes nothing durable;
+  write-zeroes, discard and truncate are writes;
+* creating or deleting a file is volatile until its directory is synced;
+* a crash keeps every durable write and any subset of the volatile ones, in
+  any order (the device reorders its cache), or a volatile write cut at a
+  sector boundary (never inside an atomic unit).
+
+``run.crashes()`` (``crashstates.py``) turns the log into crash states, one
+flush epoch at a time. This module keeps the log; recording costs one tuple
+appended per request, so the code under test runs at nearly full speed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .disk import _copy_sparse
+
+if TYPE_CHECKING:
+    from .crashstates import CrashList
+    from .disk import Disk
+    from .engine import Engine
+
+__all__ = ["DEFAULT_SECTOR_SIZE", "Point", "Recording", "Write"]
+
+DEFAULT_SECTOR_SIZE = 512
+
+# log item kinds (the second field of every log tuple)
+_STORE, _FLUSH, _MARK, _DIR = 0, 1, 2, 3
+#: The operations that change a file's contents or size.
+CONTENT_OPERATIONS = ("write", "write_zeroes", "discard", "truncate")
+#: The operations on a directory's entries.
+DIRECTORY_OPERATIONS = ("create", "delete")
+
+
+class Write(NamedTuple):
+    """One logged request that decides what a crash leaves behind.
+
+    ``number`` counts the recording's requests (stores, file operations and
+    completed flushes) from 1 in completion order; ``operation`` is
+    ``write``, ``write_zeroes``, ``discard``, ``truncate`` (``offset`` is
+    the new size), ``create`` or ``delete`` (a directory entry of ``path``).
+    """
+
+    number: int
+    operation: str
+    path: str
+    offset: int
+    length: int
+
+    def __str__(self) -> str:
+        name = os.path.basename(self.path)
+        if self.operation == "truncate":
+            return f"#{self.number} truncate {name} to {self.offset}"
+        if self.operation in DIRECTORY_OPERATIONS:
+            return f"#{self.number} {self.operation} {name}"
+        return f"#{self.number} {self.operation} {name} {self.offset}+{self.length}"
+
+
+class Point(NamedTuple):
+    """Where the power went: the request that was in progress (``flush``,
+    ``dirsync``), or ``end`` for the end of the recording."""
+
+    number: int
+    operation: str
+    path: str
+    offset: int
+    length: int
+
+    def __str__(self) -> str:
+        if self.operation == "end":
+            return f"#{self.number} end of the recording"
+        return f"#{self.number} {self.operation} of {os.path.basename(self.path)}"
+
+
+@dataclass(eq=False)
+class Unit:
+    """What a flush makes durable: one file's contents (an inode: a path
+    recreated after a delete is a new unit) or one directory's entries."""
+
+    ident: int
+    path: str
+    directory: bool = False
+    #: Snapshot of the file when the recording first saw it (None: new, empty).
+    base: str | None = None
+    base_size: int = 0
+    sector_size: int = DEFAULT_SECTOR_SIZE
+    atomic: int | None = None
+    temporary: bool = False
+
+    @property
+    def tear_unit(self) -> int:
+        """The granularity of a torn write: the atomic unit, else a sector."""
+        return max(self.sector_size, self.atomic or 0)
+
+
+@dataclass(eq=False)
+class Entry:
+    """A logged store or directory operation, resolved (see ``Recording.log``)."""
+
+    n: int  # the recording's clock: completion order, shared with flushes and marks
+    number: int  # the public request number
+    unit: Unit
+    operation: str
+    offset: int
+    length: int
+    data: bytes | None
+    path: str
+    target: Unit | None = None  # the inode a ``create`` makes
+
+    @property
+    def write(self) -> Write:
+        return Write(self.number, self.operation, self.path, self.offset, self.length)
+
+
+@dataclass
+class Flush:
+    """A completed flush (or directory sync): ``begin`` is the clock when it
+    was issued, ``n`` when it completed."""
+
+    n: int
+    number: int
+    unit: Unit
+    begin: int
+    ok: bool
+
+
+@dataclass
+class Mark:
+    label: str
+    n: int
+    #: Clock of the first successful flush issued after the mark (None: none).
+    durable_at: int | None = None
+
+
+@dataclass
+class Log:
+    """The recording in completion order, ready for the state builder."""
+
+    entries: list[Entry] = field(default_factory=list)
+    flushes: list[Flush] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+    #: Every file path seen, with the unit that was there when recording began
+    #: (None: the path did not exist then).
+    paths: dict[str, Unit | None] = field(default_factory=dict)
+    last_number: int = 0
+
+
+class Recording:
+    """The write/flush log of every disk on one engine (see the module docstring).
+
+    Use as ``with disk.record() as run: ...``; then ``run.crashes()``.
+    ``workdir`` holds the base snapshots and crash images (a temporary
+    directory removed with the recording by default). ``sector_size`` and
+    ``atomic`` are the defaults for every file; :meth:`device` sets them per file.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        sector_size: int = DEFAULT_SECTOR_SIZE,
+        atomic: int | None = None,
+    ) -> None:
+        _check_geometry(sector_size, atomic)
+        self.engine = engine
+        self.sector_size = sector_size
+        self.atomic = atomic
+        self._cleanup: Callable[[], object] = _nothing
+        if workdir is None:
+            self.workdir = tempfile.mkdtemp(prefix="blkdebug-crash-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.workdir, True)
+        else:
+            self.workdir = os.fspath(workdir)
+            os.makedirs(self.workdir, exist_ok=True)
+        self._clock = itertools.count(1)
+        self._log: list[tuple[Any, ...]] = []
+        self._append = self._log.append
+        self._lock = threading.Lock()
+        self._units: weakref.WeakKeyDictionary[Disk, Unit] = weakref.WeakKeyDictionary()
+        self._live: dict[str, Unit] = {}  # path -> the inode there now
+        self._base: dict[str, Unit | None] = {}  # path -> inode at the start (None: absent)
+        self._dirs: dict[str, Unit] = {}
+        self._geometry: dict[str, tuple[int, int | None]] = {}
+        self._ids = itertools.count(1)
+        self._started = False
+        self._stopped = False
+        self._cached: Log | None = None
+        self._cached_size = -1
+        self.crash_count = itertools.count(1)
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def start(self) -> Recording:
+        """Snapshot every open disk of the engine and start logging."""
+        if self._started:
+            raise RuntimeError("this recording was already started")
+        self._started = True
+        for disk in list(self.engine.disks):
+            if not disk.closed:
+                self._adopt(disk)
+        self.engine.recorders = (*self.engine.recorders, self)
+        return self
+
+    def stop(self) -> None:
+        """Stop logging (the log and the snapshots stay)."""
+        if self._started and not self._stopped:
+            self._stopped = True
+            self.engine.recorders = tuple(r for r in self.engine.recorders if r is not self)
+
+    @property
+    def recording(self) -> bool:
+        return self._started and not self._stopped
+
+    def close(self) -> None:
+        """Stop, and remove the working directory if the recording made it."""
+        self.stop()
+        self._cleanup()
+
+    def __enter__(self) -> Recording:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- configuration -----------------------------------------------------------
+
+    def device(
+        self, disk: Disk | str | os.PathLike[str], *, sector_size: int, atomic: int | None = None
+    ) -> None:
+        """Set one file's sector size and atomic unit (``atomic=4096``: an
+        aligned 4 KiB unit is never torn), as SQLite's crash VFS models
+        device characteristics."""
+        _check_geometry(sector_size, atomic)
+        path = _path_of(disk)
+        self._geometry[path] = (sector_size, atomic)
+        with self._lock:
+            units = [u for u in self._units.values() if u.path == path]
+            units += [u for u in self._live.values() if u.path == path]
+            for unit in units:
+                unit.sector_size, unit.atomic = sector_size, atomic
+
+    def mark(self, label: str) -> None:
+        """Record a promise the code made to its caller ("txn 7 committed").
+
+        A crash lists the marks issued before its point (``marks``) and those
+        followed by a completed flush (``durable_marks``)."""
+        self._append((next(self._clock), _MARK, label))
+
+    # -- hooks called by the request path and the adapters -----------------------
+
+    def on_store(
+        self, disk: Disk, operation: str, offset: int, length: int, data: bytes | None
+    ) -> None:
+        """A write, write-zeroes or discard reached the image (what was really stored)."""
+        unit = self._units.get(disk) or self._adopt(disk)
+        if data is not None and type(data) is not bytes:
+            data = bytes(data)
+        self._append((next(self._clock), _STORE, unit, operation, offset, length, data, unit.path))
+
+    def on_flush_begin(self, disk: Disk) -> tuple[Unit, int]:
+        """A flush was issued; the token says which writes it covers."""
+        unit = self._units.get(disk) or self._adopt(disk)
+        return unit, next(self._clock)
+
+    def on_flush_end(self, disk: Disk, token: tuple[Unit, int], ok: bool) -> None:
+        """The flush issued with ``token`` completed (``ok``) or failed."""
+        unit, begin = token
+        self._append((next(self._clock), _FLUSH, unit, begin, ok))
+
+    def on_file_op(self, kind: str, path: str, details: dict[str, Any]) -> None:
+        """``create``, ``delete``, ``truncate`` (``size=``), ``dirsync`` of a
+        directory, or ``open`` (``disk=``: a disk opened while recording)."""
+        path = os.path.abspath(path)
+        if kind == "open":
+            disk = details["disk"]
+            if disk not in self._units:
+                self._adopt(disk)
+        elif kind == "create":
+            with self._lock:
+                unit = self._new_unit(path, temporary=bool(details.get("temporary")))
+                self._live[path] = unit
+                self._base.setdefault(path, None)
+                disk = details.get("disk")
+                if disk is not None:
+                    self._units[disk] = unit
+                folder = self._dir(os.path.dirname(path))
+                self._append((next(self._clock), _DIR, folder, "create", path, unit))
+        elif kind == "delete":
+            with self._lock:
+                self._live.pop(path, None)
+                folder = self._dir(os.path.dirname(path))
+                self._append((next(self._clock), _DIR, folder, "delete", path, None))
+        elif kind == "truncate":
+            disk = details.get("disk")
+            known = self._units.get(disk) if disk is not None else None
+            unit = known or self._live.get(path) or self._adopt_path(path)
+            size = int(details["size"])
+            self._append((next(self._clock), _STORE, unit, "truncate", size, 0, None, path))
+        elif kind == "dirsync":
+            folder = self._dir(path)
+            clock = next(self._clock)
+            self._append((next(self._clock), _FLUSH, folder, clock, True))
+        else:
+            raise ValueError(
+                f"unknown file operation {kind!r} (create, delete, truncate, dirsync, open)"
+            )
+
+    # -- units -------------------------------------------------------------------
+
+    def _new_unit(
+        self, path: str, *, base: str | None = None, size: int = 0, temporary: bool = False
+    ) -> Unit:
+        sector_size, atomic = self._geometry.get(path, (self.sector_size, self.atomic))
+        return Unit(next(self._ids), path, False, base, size, sector_size, atomic, temporary)
+
+    def _dir(self, path: str) -> Unit:
+        unit = self._dirs.get(path)
+        if unit is None:
+            unit = self._dirs[path] = Unit(next(self._ids), path, directory=True)
+        return unit
+
+    def _adopt(self, disk: Disk) -> Unit:
+        """The unit behind a disk seen for the first time (snapshot its file)."""
+        path = os.path.abspath(disk.path)
+        unit = self._adopt_path(path)
+        self._units[disk] = unit
+        return unit
+
+    def _adopt_path(self, path: str) -> Unit:
+        with self._lock:
+            unit = self._live.get(path)
+            if unit is not None:
+                return unit
+            ident = next(self._ids)
+            snapshot = os.path.join(self.workdir, "base", f"{ident}-{os.path.basename(path)}")
+            os.makedirs(os.path.dirname(snapshot), exist_ok=True)
+            _copy_sparse(path, snapshot)
+            unit = self._new_unit(path, base=snapshot, size=os.stat(snapshot).st_size)
+            self._live[path] = unit
+            self._base.setdefault(path, unit)
+            return unit
+
+    # -- the log -----------------------------------------------------------------
+
+    def log(self) -> Log:
+        """The log sorted and resolved: entries, flushes and marks, request
+        numbers assigned (cached until something new is logged)."""
+        raw = list(self._log)
+        if self._cached is not None and self._cached_size == len(raw):
+            return self._cached
+        raw.sort(key=lambda item: item[0])
+        result = Log(paths=dict(self._base))
+        number = 0
+        for item in raw:
+            kind = item[1]
+            if kind == _MARK:
+                result.marks.append(Mark(item[2], item[0]))
+                continue
+            number += 1
+            if kind == _STORE:
+                n, _, unit, operation, offset, length, data, path = item
+                result.entries.append(Entry(n, number, unit, operation, offset, length, data, path))
+            elif kind == _DIR:
+                n, _, folder, operation, path, target = item
+                result.entries.append(Entry(n, number, folder, operation, 0, 0, None, path, target))
+            else:
+                n, _, unit, begin, ok = item
+                result.flushes.append(Flush(n, number, unit, begin, ok))
+        result.last_number = number
+        good = [f for f in result.flushes if f.ok]
+        for mark in result.marks:
+            done = [f.n for f in good if f.begin > mark.n]
+            mark.durable_at = min(done) if done else None
+        self._cached, self._cached_size = result, len(raw)
+        return result
+
+    @property
+    def writes(self) -> list[Write]:
+        """Every logged store and file operation, in completion order."""
+        return [entry.write for entry in self.log().entries]
+
+    @property
+    def paths(self) -> list[str]:
+        """The files the recording knows (temporary files left out)."""
+        return [path for path in self.log().paths if not self._temporary(path)]
+
+    def _temporary(self, path: str) -> bool:
+        unit = self._live.get(path) or self._base.get(path)
+        return unit is not None and unit.temporary
+
+    def crashes(
+        self,
+        *,
+        torn: bool = False,
+        garbage: bool = False,
+        max_states: int = 64,
+        seed: int = 0,
+        subset_limit: int = 8,
+    ) -> CrashList:
+        """The crash states of the recording: see ``crashstates.build``."""
+        from .crashstates import build
+
+        return build(
+            self,
+            torn=torn,
+            garbage=garbage,
+            max_states=max_states,
+            seed=seed,
+            subset_limit=subset_limit,
+        )
+
+    def __iter__(self) -> Iterator[Write]:
+        return iter(self.writes)
+
+    def __repr__(self) -> str:
+        state = "recording" if self.recording else "stopped" if self._stopped else "not started"
+        return f"<Recording {state}: {len(self._log)} log items, {len(self._live)} files>"
+
+
+def _nothing() -> None:
+    pass
+
+
+def _check_geometry(sector_size: int, atomic: int | None) -> None:
+    if sector_size <= 0:
+        raise ValueError(f"sector_size must be positive, not {sector_size}")
+    if atomic is not None and (atomic <= 0 or atomic % sector_size):
+        raise ValueError(
+            f"atomic must be a positive multiple of the sector size {sector_size}, not {atomic}"
+        )
+
+
+def _path_of(disk: Disk | str | os.PathLike[str]) -> str:
+    if isinstance(disk, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(disk))
+    return os.path.abspath(disk.path)
