@@ -158,7 +158,7 @@ def test_it(blkdebug_sweep):
             "*SweepFailure: N=3: EIO injected into write of 4096 bytes at offset 8192; "
             "body returned; check failed: AssertionError: an I/O error was swallowed",
             "*- blkdebug sweep N=3 -*",
-            "SUBFAILED[[]N=3[]] test_sweep_example.py::test_it - *",
+            "SUBFAILED[[]N=3[]] test_sweep_example.py::test_it*",
         ]
     )
     assert "N=1" not in out.split("short test summary")[1].replace("N=3", "")

@@ -378,6 +378,7 @@ class Sweep:
 
     @contextmanager
     def _subtest(self, n: int) -> Iterator[None]:
+        __tracebackhide__ = True
         if self.subtests is not None:
             with self.subtests.test(msg=f"N={n}"):
                 yield
@@ -449,9 +450,12 @@ def _failure_message(
     else:
         more = f" and {len(outcome.failed) - 1} more" if len(outcome.failed) > 1 else ""
         where = f"{err} injected into {outcome.request}{more}"
-    raised = (
-        f"body raised {_describe(outcome.error)}" if outcome.error is not None else "body returned"
-    )
+    if outcome.error is None:
+        raised = "body returned"
+    elif outcome.error is outcome.injected:
+        raised = "body raised it"
+    else:
+        raised = f"body raised {_describe(outcome.error)}"
     return f"N={n}: {where}; {raised}; check failed: {_describe(exc)}"
 
 
