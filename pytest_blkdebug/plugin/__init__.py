@@ -37,7 +37,7 @@ from ..core.events import EventRegistry, register_events
 from ..core.rules import Rule
 from ..core.sizes import parse_size
 from ..report import format_report, format_size, report_properties
-from . import hookspecs, sweep
+from . import crash, hookspecs, sweep
 from .markers import MarkerError, add_marker_help, build_plan, check_disk_name, resolve_path
 from .options import (
     EVENTS_HELP,
@@ -77,6 +77,7 @@ SECTION = "blkdebug"
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
     pluginmanager.register(sweep, "blkdebug-sweep")
+    pluginmanager.register(crash, "blkdebug-crash")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
