@@ -173,6 +173,7 @@ class _PointEngine(Engine):
         self, rule: InjectError | None, registry: EventRegistry, n: int, persist: bool, count: bool
     ) -> None:
         super().__init__([] if rule is None else [rule], registry=registry)
+        self.sweep_rule = rule
         self._n = n
         self._persist = persist
         self._count = count
@@ -365,7 +366,8 @@ class Sweep:
                     try:
                         check(disk, outcome)
                     except Exception as exc:
-                        raise SweepFailure(_failure_message(n, outcome, rule, exc)) from exc
+                        message = _failure_message(n, outcome, engine.sweep_rule, exc)
+                        raise SweepFailure(message) from exc
                 failed = False
             finally:
                 disk.close()
@@ -441,15 +443,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _fault(rule: InjectError) -> str:
+    """What the rule does to a request: ``EIO``, ``corrupt=bitflip``, ``lost``..."""
+    lie = getattr(rule, "lie", None)
+    if lie == "lost":
+        return "lost"
+    if lie is not None:
+        return f"{lie}={getattr(rule, lie)}"
+    return errno_name(rule.errno)
+
+
 def _failure_message(
-    n: int, outcome: SweepOutcome, rule: dict[str, Any], exc: BaseException
+    n: int, outcome: SweepOutcome, rule: InjectError | None, exc: BaseException
 ) -> str:
-    err = errno_name(int(rule.get("errno", errno_module.EIO)))
-    if outcome.request is None:
+    if outcome.request is None or rule is None:
         where = "not reached (no fault was injected)"
     else:
         more = f" and {len(outcome.failed) - 1} more" if len(outcome.failed) > 1 else ""
-        where = f"{err} injected into {outcome.request}{more}"
+        where = f"{_fault(rule)} injected into {outcome.request}{more}"
     if outcome.error is None:
         raised = "body returned"
     elif outcome.error is outcome.injected:
