@@ -8,6 +8,7 @@ body is reported at, ``persist``, ``--blkdebug-sweep=N`` and the K-way split.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -271,3 +272,38 @@ def test_it(blkdebug_sweep):
 """,
     )
     assert outcomes(result) == {"passed": 1}
+
+
+def test_split_spreads_the_points_over_workers(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_blkdebug.plugin.split")
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        test_sweep_example=WORKLOAD
+        + """
+import json, os, pytest
+
+@pytest.mark.blkdebug_split(2)
+def test_it(blkdebug_sweep, blkdebug_split):
+    result = blkdebug_sweep.run(workload, iotype="write")
+    record = {"worker": os.environ.get("PYTEST_XDIST_WORKER"), "runs": result.runs,
+              "requests": {n: str(r) for n, r in result.requests.items()}}
+    with open(f"part{blkdebug_split.index}.json", "w") as f:
+        json.dump(record, f)
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=2)
+    first = json.loads((pytester.path / "part0.json").read_text())
+    second = json.loads((pytester.path / "part1.json").read_text())
+    assert first["worker"] != second["worker"]  # one item per worker
+    assert first["runs"] == [1, 3, 5] and second["runs"] == [2, 4]
+    assert {**first["requests"], **second["requests"]} == {
+        "1": "write of 4096 bytes at offset 0",
+        "2": "write of 4096 bytes at offset 4096",
+        "3": "write of 4096 bytes at offset 8192",
+    }
+    # a rerun of one point runs in the item that has it
+    rerun = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--blkdebug-sweep=2")
+    rerun.assert_outcomes(passed=2)
+    assert json.loads((pytester.path / "part1.json").read_text())["runs"] == [2]
+    assert json.loads((pytester.path / "part0.json").read_text())["runs"] == []

@@ -25,6 +25,7 @@ module): its option, its fixture and its report hook.
 from __future__ import annotations
 
 import errno as errno_module
+import importlib
 import os
 import shutil
 import threading
@@ -409,8 +410,9 @@ class Sweep:
             ) from None
 
     def _schedule(self) -> Iterator[int]:
-        if self.only is not None:
-            yield self.only
+        if self.only is not None:  # in a split test, only the item that has N runs it
+            if self.part is None or (self.only - 1) % self.part[1] == self.part[0]:
+                yield self.only
             return
         start, step = (self.part[0] + 1, self.part[1]) if self.part else (1, 1)
         n = start
@@ -494,7 +496,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _split_part(item: pytest.Item) -> tuple[int, int] | None:
-    return None  # the K-way split (plugin/split.py) is not on main yet
+    """(index, K) of a ``blkdebug_split(K)`` item (plugin/split.py), else None."""
+    try:
+        split = importlib.import_module(f"{__package__}.split")
+    except ImportError:  # the split plugin is not installed
+        return None
+    part = split.split_part(item)
+    return None if part is None else (int(part.index), int(part.count))
 
 
 @pytest.fixture
