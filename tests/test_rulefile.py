@@ -617,8 +617,8 @@ def test_toml_not_utf8(tmp_path: Path) -> None:
 
 def test_toml_order_follows_the_file(tmp_path: Path) -> None:
     text = (
-        '[[set-state]]\nevent = "none"\n[[inject-error]]\nevent = "read_aio"\n'
-        '[[set-state]]\nevent = "read_aio"\n[[inject-error]]\nevent = "write_aio"\n'
+        '[[set-state]]\nevent = "none"\nnew_state = 0\n[[inject-error]]\nevent = "read_aio"\n'
+        '[[set-state]]\nevent = "read_aio"\nnew_state = 0\n[[inject-error]]\nevent = "write_aio"\n'
     )
     rules = load_rules(write(tmp_path, "o.toml", text))
     assert [(r.kind, r.event) for r in rules] == [
@@ -631,7 +631,9 @@ def test_toml_order_follows_the_file(tmp_path: Path) -> None:
 
 def test_loads_helpers() -> None:
     assert loads_ini('[inject-error]\nevent = "none"\n') == [InjectError(event="none")]
-    assert loads_toml('[[set-state]]\nevent = "none"\n') == [SetState(event="none")]
+    assert loads_toml('[[set-state]]\nevent = "none"\nnew_state = 0\n') == [
+        SetState(event="none", new_state=0)
+    ]
     with pytest.raises(RuleFileError) as info:
         loads_ini('[inject-error]\nevent = "x"\n', path="inline")
     assert str(info.value) == "inline:2: invalid parameter value: x"
@@ -713,7 +715,13 @@ def test_save_rules_refuses_unknown_suffix(tmp_path: Path) -> None:
         ([InjectError(event="none", name="1st")], "QEMU id"),
         ([InjectError(event="none", name="has space")], "QEMU id"),
         ([InjectError(event="none", name="a" * 64)], "QEMU id"),
-        ([SetState(event="none", name="x"), SetState(event="read_aio", name="x")], "share"),
+        (
+            [
+                SetState(event="none", new_state=0, name="x"),
+                SetState(event="read_aio", new_state=0, name="x"),
+            ],
+            "share",
+        ),
         ([Breakpoint(event="none", tag="A")], "only inject-error and set-state"),  # type: ignore[list-item]
     ],
 )

@@ -165,7 +165,7 @@ def test_state_zero_is_reachable_and_only_unconditional_rules_take_part(tmp_path
     disk = make_disk(
         tmp_path,
         [
-            SetState("read_aio"),
+            SetState("read_aio", 0),
             InjectError("write_aio", state=1),
             InjectError("flush_to_os", errno=ENOSPC),
         ],

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .engine import Engine, Hold, RuleStatus, StateChange, TraceEntry
+from .engine import Engine, Hold, RuleStatus, RuleView, StateChange, TraceEntry
 from .errors import BreakpointTimeout, InjectedError
 from .events import BLOCK_STATUS, DISCARD, FLUSH, READ, WRITE, WRITE_ZEROES, EventRegistry
 from .rules import Rule
@@ -220,7 +220,7 @@ class Disk:
     def rules(self) -> list[RuleStatus]:
         return self.engine.rules
 
-    def rule(self, name: str) -> RuleStatus:
+    def rule(self, name: str) -> RuleView:
         return self.engine.rule(name)
 
     @property

@@ -17,19 +17,31 @@ instead of walking the active list.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .active import NO_MATCHERS, ActiveIndex, Slot
+from .active import NO_MATCHERS, ActiveIndex, Matcher, Slot, either
+from .badsectors import BadMap
 from .decision import Decision
 from .errors import BreakpointError, BreakpointTimeout, RuleError
-from .events import IOTYPES, EventRegistry
-from .rules import Breakpoint, InjectError, Rule, SetState
+from .events import IOTYPES, READ, EventRegistry
+from .rules import BadSector, Breakpoint, InjectError, Rule, SetState, rule_name
+from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry
+
+__all__ = [
+    "Engine",
+    "Hold",
+    "Observer",
+    "RuleStatus",
+    "RuleView",
+    "StateChange",
+    "TraceEntry",
+]
 
 if TYPE_CHECKING:
     from .crash import Recording
@@ -124,47 +136,6 @@ class _Suspension(NamedTuple):
     hold: Hold
 
 
-@dataclass(frozen=True)
-class RuleStatus:
-    """A rule's counters as seen now: ``armed`` (times activated), ``hits``
-    (requests it decided; events it fired on, for set-state), ``consumed``
-    (a ``once`` rule that has failed its request and is gone)."""
-
-    rule: Rule
-    name: str
-    kind: str
-    event: str
-    armed: int
-    hits: int
-    consumed: bool
-    active: bool
-
-    @property
-    def fired(self) -> bool:
-        return self.hits > 0
-
-
-class TraceEntry(NamedTuple):
-    """One event or request: ``kind`` is ``"event"`` or the request's iotype.
-
-    For requests, ``rule`` names the rule that decided it (None: no rule
-    matched) and ``errno`` the error it got (0: it went through)."""
-
-    kind: str
-    name: str
-    offset: int
-    length: int
-    rule: str | None
-    errno: int
-    state: int
-
-
-class StateChange(NamedTuple):
-    old: int
-    new: int
-    event: str
-
-
 Observer = Callable[[str, object], None]
 """``observer(what, detail)``: what is "hit", "suspend" or "resume"."""
 
@@ -183,7 +154,15 @@ class Engine:
         events: Iterable[str] = (),
         registry: EventRegistry | None = None,
         trace_length: int = TRACE_LENGTH,
+        seed: int | None = None,
     ) -> None:
+        if seed is None:
+            seed = random.SystemRandom().getrandbits(32)
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, not {seed!r}")
+        #: The seed of every rule's random stream (``probability``,
+        #: ``delay_jitter``, corruption): the same seed, the same decisions.
+        self.seed: int = seed
         self.registry = registry if registry is not None else EventRegistry()
         for name in events:
             self.registry.register(name)
@@ -193,6 +172,7 @@ class Engine:
         self._history: deque[StateChange] = deque(maxlen=HISTORY_LENGTH)
         self._transitions = 0
         self._slots: list[Slot] = []
+        self._by_name: dict[str, Slot] = {}
         self._plans: dict[str, _EventPlan] = {}
         #: Events with rules or breakpoints; ``event in engine.live_events`` is
         #: the hot path's test for "raising this event can change anything".
@@ -202,7 +182,12 @@ class Engine:
         self.active: ActiveIndex | None = None
         #: Per iotype, the lock-free "could an armed rule match" test, or None
         #: when no armed rule covers that iotype (set together with ``active``).
-        self.matchers: tuple[Callable[[int, int], bool] | None, ...] = NO_MATCHERS
+        self.matchers: tuple[Matcher | None, ...] = NO_MATCHERS
+        #: Sectors of bad-sector rules not yet healed (None: none). Replaced, never mutated.
+        self._bad: BadMap | None = None
+        #: True when a bad-sector rule exists: the request path then calls
+        #: ``stored(offset, length)`` after each successful store.
+        self.watches_stores = False
         self._suspended: list[_Suspension] = []  # most recent first, as QEMU's list
         self._trace: deque[tuple] = deque(maxlen=trace_length)
         self._trace_append = self._trace.append
@@ -222,23 +207,33 @@ class Engine:
         All or nothing: every rule is checked before any joins the engine.
         """
         with self._lock:
-            taken = {s.name for s in self._slots}
             new: list[Slot] = []
+            names: set[str] = set()
             for rule in rules:
-                if not isinstance(rule, (InjectError, SetState)):
-                    raise RuleError(f"not a rule: {rule!r} (expected InjectError or SetState)")
+                if not isinstance(rule, (InjectError, SetState, BadSector)):
+                    raise RuleError(
+                        f"not a rule: {rule!r} (expected InjectError, SetState or BadSector)"
+                    )
                 self.registry.check(rule.event)
-                position = len(self._slots) + len(new)
-                name = rule.name or f"{rule.kind}#{position + 1}"
-                if name in taken:
-                    raise RuleError(f"duplicate rule name {name!r}")
-                taken.add(name)
-                new.append(Slot(rule, name, position))
+                name = rule_name(rule, len(self._slots) + len(new))
+                if name in self._by_name or name in names:
+                    raise RuleError(f"duplicate rule name {name!r}", attribute="name")
+                names.add(name)
+                new.append(Slot(rule, name, len(self._slots) + len(new), self.seed))
             for slot in new:
                 self._slots.append(slot)
+                self._by_name[slot.name] = slot
+                if isinstance(slot.rule, BadSector):
+                    continue
                 plan = self._plans.setdefault(slot.rule.event, _EventPlan())
                 kind_list = plan.injects if isinstance(slot.rule, InjectError) else plan.set_states
                 kind_list.append(slot)
+            if any(isinstance(slot.rule, BadSector) for slot in new):
+                self._bad = BadMap.build(
+                    [s for s in self._slots if isinstance(s.rule, BadSector) and not s.consumed]
+                )
+                self.watches_stores = True
+                self._publish(self.active)
             # Arming sets change with the rule set: fold the cached groups'
             # counts into the rules before dropping the groups.
             for plan in self._plans.values():
@@ -247,45 +242,109 @@ class Engine:
                         member.armed_base += group.times
                 plan.groups.clear()
 
+    def _publish(self, active: ActiveIndex | None) -> None:
+        """Install a new active list and the matchers the hot path reads."""
+        self.active = active
+        matchers = active.matchers if active is not None else NO_MATCHERS
+        if self._bad is not None:
+            listed = list(matchers)
+            listed[READ] = either(matchers[READ], self._bad.touches)
+            matchers = tuple(listed)
+        self.matchers = matchers
+
     @property
     def rules(self) -> list[RuleStatus]:
-        """Every rule's status, in definition order (consumed ones included)."""
+        """Every rule's status, in definition order (consumed ones included).
+
+        Linear in the number of rules: the arming counts come from one pass
+        over the cached arm groups, not a search per rule."""
         with self._lock:
-            active = set(self.active.members) if self.active else set()
+            armed: dict[Slot, int] = {}
+            for plan in self._plans.values():
+                for group in plan.groups.values():
+                    if group.times:
+                        for member in group.index.members:
+                            armed[member] = armed.get(member, 0) + group.times
+            active = self.active.member_set if self.active else frozenset()
+            bad = self._bad.owners() if self._bad is not None else set()
             return [
-                RuleStatus(
-                    s.rule,
-                    s.name,
-                    s.rule.kind,
-                    s.rule.event,
-                    self._armed(s),
-                    s.hits,
-                    s.consumed,
-                    s in active,
-                )
+                self._status(s, s.armed_base + armed.get(s, 0), s in active or s in bad)
                 for s in self._slots
             ]
 
-    def rule(self, name: str) -> RuleStatus:
-        for status in self.rules:
-            if status.name == name:
-                return status
-        known = ", ".join(repr(s.name) for s in self._slots) or "none"
-        raise KeyError(f"no rule named {name!r} (rules: {known})")
+    def _status(
+        self, slot: Slot, armed: int | None = None, active: bool | None = None
+    ) -> RuleStatus:
+        if armed is None:
+            armed = self._armed(slot)
+        if active is None:
+            active = bool(self.active and slot in self.active.member_set) or bool(
+                self._bad is not None and slot in self._bad.owners()
+            )
+        rule = slot.rule
+        consumed = slot.consumed
+        if isinstance(rule, BadSector):
+            consumed = not active
+        return RuleStatus(
+            rule,
+            slot.name,
+            rule.kind,
+            rule.event,
+            armed,
+            slot.hits,
+            consumed,
+            active,
+            slot.skipped,
+        )
+
+    def rule(self, name: str) -> RuleView:
+        """A live view of the rule called ``name`` (KeyError naming the rules
+        there are); its counters are read anew on each access."""
+        slot = self._by_name.get(name)
+        if slot is None:
+            known = ", ".join(repr(s.name) for s in self._slots[:50]) or "none"
+            more = f" and {len(self._slots) - 50} more" if len(self._slots) > 50 else ""
+            raise KeyError(f"no rule named {name!r} (rules: {known}{more})")
+        return RuleView(self, slot)
+
+    @property
+    def bad_sectors(self) -> list[tuple[str, int, int]]:
+        """(rule name, first sector, count) of every run of sectors still bad."""
+        bad = self._bad
+        return bad.sectors() if bad is not None else []
+
+    def stored(self, offset: int, length: int) -> None:
+        """A store (write, write-zeroes, discard) succeeded over ``[offset,
+        offset+length)``: bad sectors it touches heal. The request path calls
+        this only when ``watches_stores`` is True; the common case (no bad
+        sector touched) is one lock-free bisection."""
+        bad = self._bad
+        if bad is None or not bad.touches(offset, length):
+            return
+        with self._lock:
+            bad = self._bad
+            if bad is None:
+                return
+            before = bad.owners()
+            self._bad = bad.healed(offset, length)
+            after = self._bad.owners() if self._bad is not None else set()
+            for slot in before - after:
+                slot.consumed = True
+            self._publish(self.active)
 
     def _armed(self, slot: Slot) -> int:
         total = slot.armed_base
         plan = self._plans.get(slot.rule.event)
         if plan is not None:
             for group in plan.groups.values():
-                if slot in group.index.members:
+                if slot in group.index.member_set:
                     total += group.times
         return total
 
     def _drop_groups_with(self, slot: Slot) -> None:
         plan = self._plans[slot.rule.event]
         for state, group in list(plan.groups.items()):
-            if slot in group.index.members:
+            if slot in group.index.member_set:
                 for member in group.index.members:
                     member.armed_base += group.times
                 del plan.groups[state]
@@ -314,7 +373,7 @@ class Engine:
         ``Disk.event``, and every request a rule decided. Plain requests
         and events nothing watches are left out: recording them would cost
         every request more than the check itself."""
-        return [_trace_entry(raw) for raw in list(self._trace)]
+        return [trace_entry(raw) for raw in list(self._trace)]
 
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(what, detail)`` on every hit, suspension and resume."""
@@ -369,8 +428,11 @@ class Engine:
                         group = plan.groups[state] = _ArmGroup(ActiveIndex(members))
                 if group is not None:
                     group.times += 1
-                    self.active = group.index
-                    self.matchers = group.index.matchers
+                    if self._bad is None:
+                        self.active = group.index
+                        self.matchers = group.index.matchers
+                    else:
+                        self._publish(group.index)
             if plan.breakpoints:
                 # All consumed, the newest suspends first (QEMU's rule list is
                 # LIFO), after the state change and the arming.
@@ -405,14 +467,10 @@ class Engine:
     # -- request phase -------------------------------------------------------
 
     def check(self, iotype: int, offset: int, length: int) -> Decision | None:
-        """Find the armed rule that decides this request.
+        """Find the rule that decides this request; see ``decide``.
 
-        Returns the rule's ``Decision`` when it fails the request (its
-        ``errno`` is the error; a ``once`` rule is already deleted), None when
-        the request goes through. The test runs on the immutable index without the lock;
-        only a match takes it.
-
-        Hot-path callers (``Disk.read``/``write``) inline the first step:
+        The test runs on the immutable index without the lock; only a match
+        takes it. The request path runs the same two steps itself:
         ``match = engine.matchers[iotype]; if match is not None and
         match(offset, length): engine.decide(...)``.
         """
@@ -422,34 +480,59 @@ class Engine:
         return self.decide(iotype, offset, length)
 
     def decide(self, iotype: int, offset: int, length: int) -> Decision | None:
-        """Count and apply the rule that matches this request (see ``check``)."""
-        with self._lock:
+        """Count and apply the rule that decides this request.
+
+        The first armed rule that matches decides (QEMU's active list). It
+        may let the request pass: ``after`` not used up, the seeded draw
+        against ``probability``, or ``errno=0`` with no effect; then None.
+        Else its ``Decision`` (an errno, a delay, a lie); a ``once``/``count``
+        rule used up is deleted. A read no rule fails or alters that touches
+        a bad sector fails with that rule's errno (the device below blkdebug).
+        """
+        hit: Slot | None = None
+        decided: Decision | None = None
+        self._lock.acquire()
+        try:
             # Search again under the lock: another thread may have consumed
             # the rule or re-armed the list since the lock-free look.
             active = self.active
             slot = active.find(iotype, offset, length) if active is not None else None
-            if slot is None:
-                self._trace_append((iotype, offset, length, None, 0, self._state))
-                return None
-            slot.hits += 1
-            self._trace_append((iotype, offset, length, slot.name, slot.errno, self._state))
-            if slot.errno == 0:
-                decided = None  # errno 0: matched, let through, and stays armed
-            else:
-                decided = slot.decision
-                if slot.once:
-                    self._consume(slot)
-        if self._observers:
-            self._notify("hit", slot.name)
+            if slot is not None and not (slot.gated and slot.skip()):
+                hit = slot
+                slot.hits += 1
+                decided = slot.draw() if slot.dynamic else slot.decision
+                if decided is not None and slot.left:
+                    slot.left -= 1
+                    if not slot.left:
+                        self._consume(slot)
+            if decided is None and iotype == READ and self._bad is not None:
+                bad = self._bad.find(offset, length)
+                if bad is not None:
+                    hit = slot = bad
+                    bad.hits += 1
+                    decided = bad.decision
+            self._trace_append(
+                (
+                    iotype,
+                    offset,
+                    length,
+                    slot.name if slot is not None else None,
+                    decided.errno if decided is not None else 0,
+                    self._state,
+                )
+            )
+        finally:
+            self._lock.release()
+        if hit is not None and self._observers:
+            self._notify("hit", hit.name)
         return decided
 
     def _consume(self, slot: Slot) -> None:
-        """Delete a ``once`` rule for good: from the active list and its event."""
+        """Delete a used-up ``once``/``count`` rule: from the active list and its event."""
         slot.consumed = True
         self._drop_groups_with(slot)
         if self.active is not None:
-            self.active = self.active.without(slot)
-            self.matchers = self.active.matchers if self.active is not None else NO_MATCHERS
+            self._publish(self.active.without(slot))
         plan = self._plans[slot.rule.event]
         plan.injects.remove(slot)
         if not plan:
@@ -538,9 +621,11 @@ class Engine:
             else "no breakpoint with that tag is pending"
         )
         seen = ", ".join(recent[-20:]) if recent else "none"
+        held = [f"{t!r} ({h.operation} at {h.event})" for t, h in self.suspended]
+        others = f"; suspended now: {', '.join(held)}" if held else ""
         return (
             f"no request was suspended under tag {tag!r} within {timeout:g} s "
-            f"({where}; recent events and requests: {seen})"
+            f"({where}{others}; recent events and requests: {seen})"
         )
 
     def abandon(self, hold: Hold) -> None:
@@ -589,10 +674,3 @@ class Engine:
                 if not plan:
                     del self._plans[event]
         return self.release(holds)
-
-
-def _trace_entry(raw: tuple) -> TraceEntry:
-    if raw[0] == "event":
-        return TraceEntry("event", raw[1], 0, 0, None, 0, raw[2])
-    iotype, offset, length, rule, err, state = raw
-    return TraceEntry(IOTYPES[iotype], IOTYPES[iotype], offset, length, rule, err, state)

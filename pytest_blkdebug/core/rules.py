@@ -1,17 +1,28 @@
-"""Rule data: immutable, validated at construction.
+"""Rule data: immutable, validated at construction, described by one schema.
 
-Three kinds, as in QEMU's blkdebug: ``InjectError`` (armed by an event, fails
-matching requests), ``SetState`` (moves the engine's state on an event) and
-``Breakpoint`` (suspends the request that raises an event; created at run time
-with ``Disk.break_on``, never read from a rule file). Event names are checked
-against a registry when a rule joins an engine, not here, because custom
-events are per-engine.
+Kinds: ``InjectError`` (armed by an event, fails or alters matching
+requests: QEMU's ``[inject-error]`` plus extensions), ``SetState`` (moves the
+engine's state on an event), ``BadSector`` (dm-dust: reads of its sectors
+fail until they are written) and ``Breakpoint`` (suspends the request that
+raises an event; created at run time with ``Disk.break_on``, never read from
+a rule file).
+
+Every attribute of the rule-file kinds is one ``Attr`` row in ``SCHEMA``:
+its type, default, range or allowed values, its QEMU ini key (or none: an
+extension QEMU cannot read) and its help text. That one table drives the
+validation here, ``make_rule`` (markers, TOML), the TOML reader's key and
+type checks, the ini reader's keys, both dumpers, the marker help and the
+report's conditions column, so a new attribute is one row, not five edits.
+Event names are checked against a registry when a rule joins an engine, not
+here, because custom events are per-engine.
 """
 
 from __future__ import annotations
 
 import errno as errno_module
+import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,54 +34,198 @@ from .events import DEFAULT_IOTYPES, IOTYPES
 MAX_SECTOR = (1 << 63) // 512 - 1
 MAX_STATE = (1 << 31) - 1
 MAX_ERRNO = 4095
+#: Largest byte offset or length (QEMU's int64 offsets).
+MAX_OFFSET = (1 << 63) - 1
+#: Largest ``after``/``count``.
+MAX_COUNT = (1 << 63) - 1
+#: Longest ``delay``/``delay_jitter`` in seconds: more is surely a typo.
+MAX_DELAY = 3600.0
+CORRUPTIONS: tuple[str, ...] = ("bitflip", "zero", "garbage")
+
+#: The iotypes each lie can apply to, and the default when ``iotype`` is not given.
+LIE_IOTYPES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "corrupt": (frozenset({"read", "write"}), frozenset({"read"})),
+    "lost": (frozenset({"write", "write-zeroes", "discard"}), frozenset({"write"})),
+    "misdirect": (frozenset({"write", "write-zeroes"}), frozenset({"write"})),
+}
 
 
-def _kind_name(obj: object) -> str:
-    return type(obj).__name__
+# ---------------------------------------------------------------------------
+# The schema
+# ---------------------------------------------------------------------------
+
+#: Value types: (Python types a rule file or marker may give, how errors name them).
+TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "event": ((str,), "a string"),
+    "name": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "errno": ((int, str), 'an errno number or name such as "ENOSPC"'),
+    "iotype": ((str, list), "an iotype name or an array of them"),
+    "choice": ((str,), "a string"),
+}
 
 
-def _check_int(rule: object, attr: str, value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RuleError(f"{_kind_name(rule)}: {attr} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise RuleError(f"{_kind_name(rule)}: {attr}={value} is out of range ({lo}..{hi})")
-    return value
+@dataclass(frozen=True)
+class Attr:
+    """One attribute of one rule kind: the single place that describes it."""
+
+    name: str
+    type: str  # a key of TYPES
+    default: Any
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    #: QEMU ini key (``"id"`` is the group id), or None: not in ini, an extension.
+    ini: str | None = None
+    required: bool = False
+    #: None is allowed and means "not set".
+    optional: bool = False
+
+    def allowed(self) -> str:
+        """What values are allowed, for help texts and errors."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.type == "iotype":
+            return "iotype name(s): " + ", ".join(IOTYPES)
+        if self.type == "errno":
+            return f"errno number 0..{MAX_ERRNO} or name (EIO, ENOSPC, ...)"
+        if self.type == "bool":
+            return "true or false"
+        if self.lo is not None and self.hi is not None:
+            return f"{_num(self.lo)}..{_num(self.hi)}"
+        return "a non-empty string"
+
+    def shown_default(self) -> str:
+        if self.required:
+            return "required"
+        if self.default is None:
+            return "not set"
+        return _format(self, self.default)
 
 
-def _check_bool(rule: object, attr: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise RuleError(f"{_kind_name(rule)}: {attr} must be True or False, not {value!r}")
-    return value
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _check_event(rule: object, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise RuleError(f"{_kind_name(rule)}: event must be a non-empty string, not {value!r}")
-    return value
+INJECT_ERROR_ATTRS: tuple[Attr, ...] = (
+    Attr("event", "event", None, "the event that arms the rule", ini="event", required=True),
+    Attr("errno", "errno", errno_module.EIO,
+         "the error a matching request fails with (0: let it through; a lie makes it 0)",
+         0, MAX_ERRNO, ini="errno"),
+    Attr("sector", "int", -1,
+         "a 512-byte sector whose first byte the request must contain (-1: any request)",
+         -1, MAX_SECTOR, ini="sector"),
+    Attr("once", "bool", False, "fail one request, then the rule is gone (count=1)", ini="once"),
+    Attr("immediately", "bool", False,
+         "fail at once in the asyncio view instead of after a yield", ini="immediately"),
+    Attr("iotype", "iotype", DEFAULT_IOTYPES,
+         "request types it matches (default: all but block-status; ini: one)", ini="iotype"),
+    Attr("state", "int", 0, "armed only when the engine is in this state (0: any)",
+         0, MAX_STATE, ini="state"),
+    Attr("name", "name", None, "the rule's name in reports and errors", ini="id", optional=True),
+    Attr("after", "int", 0, "let the first N requests it would fail pass", 0, MAX_COUNT),
+    Attr("count", "int", None, "fail K requests, then the rule is gone (1: once)",
+         1, MAX_COUNT, optional=True),
+    Attr("probability", "float", 1.0,
+         "fail each request it would fail with this probability (seeded, per rule)", 0, 1),
+    Attr("offset", "int", None, "first byte of a byte range (with length; instead of sector)",
+         0, MAX_OFFSET, optional=True),
+    Attr("length", "int", None, "bytes in the range; requests overlapping it match",
+         1, MAX_OFFSET, optional=True),
+    Attr("delay", "float", 0.0, "seconds the request waits before it proceeds or fails",
+         0, MAX_DELAY),
+    Attr("delay_jitter", "float", 0.0, "up to this many seconds more, seeded", 0, MAX_DELAY),
+    Attr("corrupt", "choice", None,
+         "the request succeeds with altered data (read: what it returns; write: what is stored)",
+         choices=CORRUPTIONS, optional=True),
+    Attr("lost", "bool", False, "a write is acknowledged and not stored"),
+    Attr("misdirect", "int", None, "a write is stored at this byte offset instead",
+         0, MAX_OFFSET, optional=True),
+)  # fmt: skip
+
+SET_STATE_ATTRS: tuple[Attr, ...] = (
+    Attr("event", "event", None, "the event that fires the rule", ini="event", required=True),
+    Attr(
+        "new_state",
+        "int",
+        None,
+        "the state to move to",
+        0,
+        MAX_STATE,
+        ini="new_state",
+        required=True,
+    ),
+    Attr("state", "int", 0, "fires only in this state (0: any)", 0, MAX_STATE, ini="state"),
+    Attr("name", "name", None, "the rule's name in reports and errors", ini="id", optional=True),
+)
+
+BAD_SECTOR_ATTRS: tuple[Attr, ...] = (
+    Attr("sector", "int", None, "the first bad 512-byte sector", 0, MAX_SECTOR, required=True),
+    Attr("sectors", "int", 1, "how many sectors from there are bad", 1, MAX_SECTOR + 1),
+    Attr(
+        "errno",
+        "errno",
+        errno_module.EIO,
+        "the error a read of a bad sector fails with",
+        1,
+        MAX_ERRNO,
+    ),
+    Attr("name", "name", None, "the rule's name in reports and errors", optional=True),
+)
+
+#: Every rule-file kind's attributes, in the order of its dataclass fields.
+SCHEMA: dict[str, tuple[Attr, ...]] = {
+    "inject-error": INJECT_ERROR_ATTRS,
+    "set-state": SET_STATE_ATTRS,
+    "bad-sector": BAD_SECTOR_ATTRS,
+}
+#: Attributes QEMU itself has (the rest are this project's extensions).
+QEMU_KINDS = ("inject-error", "set-state")
 
 
-def _check_name(rule: object, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or any(c in value for c in '"\n\r'):
-        raise RuleError(
-            f"{_kind_name(rule)}: name must be a non-empty string without quotes or "
-            f"newlines, not {value!r}"
-        )
-    return value
+def attrs_of(kind: str) -> dict[str, Attr]:
+    return {a.name: a for a in SCHEMA[kind]}
+
+
+_ATTRS = {kind: attrs_of(kind) for kind in SCHEMA}
+
+
+# ---------------------------------------------------------------------------
+# Validation, one function per value type
+# ---------------------------------------------------------------------------
+
+
+def _fail(kind: str, attr: str | None, reason: str) -> RuleError:
+    return RuleError(f"{_CLASS_NAMES[kind]}: {reason}", kind=kind, attribute=attr, reason=reason)
 
 
 def parse_errno(value: object, *, what: str = "InjectError: errno") -> int:
-    """An errno given as a number (``28``) or a name (``"ENOSPC"``)."""
+    """An errno given as a number (``28``), a number in a string (``"28"``,
+    as ini files spell it) or a name (``"ENOSPC"``)."""
+    prefix, _, attr = what.rpartition(": ")
+    kind = _KIND_OF_CLASS.get(prefix)
+
+    def fail(reason: str) -> RuleError:
+        return RuleError(
+            f"{prefix}: {reason}" if prefix else reason, kind=kind, attribute=attr, reason=reason
+        )
+
     if isinstance(value, str):
-        code = getattr(errno_module, value.strip().upper(), None)
-        if not isinstance(code, int) or not value.strip().upper().startswith("E"):
-            raise RuleError(f"{what}: unknown errno name {value!r} (use e.g. 'EIO' or 'ENOSPC')")
-        return code
+        text = value.strip()
+        if text.isdigit() and text.isascii():
+            value = int(text)
+        else:
+            code = getattr(errno_module, text.upper(), None)
+            if not isinstance(code, int) or not text.upper().startswith("E"):
+                raise fail(f"unknown errno name {value!r} (use e.g. 'EIO' or 'ENOSPC')")
+            return code
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RuleError(f"{what} must be an errno number or name, not {value!r}")
+        raise fail(f"{attr} must be an errno number or name, not {value!r}")
     if not 0 <= value <= MAX_ERRNO:
-        raise RuleError(f"{what}={value} is out of range (0..{MAX_ERRNO})")
+        raise fail(f"{attr}={value} is out of range (0..{MAX_ERRNO})")
     return value
 
 
@@ -87,25 +242,117 @@ def parse_iotypes(value: object) -> frozenset[str]:
     try:
         result = frozenset(names)
     except TypeError:
-        raise RuleError(
-            f"InjectError: iotype must be a name or a list of names, not {value!r}"
+        raise _fail(
+            "inject-error", "iotype", f"iotype must be a name or a list of names, not {value!r}"
         ) from None
     bad = [n for n in result if n not in IOTYPES]
     if bad or not result:
-        raise RuleError(
-            f"InjectError: invalid iotype {bad[0] if bad else value!r} "
-            f"(allowed: {', '.join(IOTYPES)})"
+        raise _fail(
+            "inject-error",
+            "iotype",
+            f"invalid iotype {bad[0] if bad else value!r} (allowed: {', '.join(IOTYPES)})",
         )
     return result
 
 
+def _check(kind: str, attr: Attr, value: Any) -> Any:
+    """One attribute's value, validated and normalized, or a RuleError naming it."""
+    a = attr.name
+    if value is None and attr.optional:
+        return None
+    t = attr.type
+    if t == "event":
+        if not isinstance(value, str) or not value:
+            raise _fail(kind, a, f"event must be a non-empty string, not {value!r}")
+        return value
+    if t == "name":
+        if not isinstance(value, str) or not value or any(c in value for c in '"\n\r'):
+            raise _fail(
+                kind,
+                a,
+                f"name must be a non-empty string without quotes or newlines, not {value!r}",
+            )
+        return value
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise _fail(kind, a, f"{a} must be True or False, not {value!r}")
+        return value
+    if t == "errno":
+        code = parse_errno(value, what=f"{_CLASS_NAMES[kind]}: {a}")
+        if attr.lo is not None and code < attr.lo:
+            raise _fail(kind, a, f"{a}={code} is out of range ({_num(attr.lo)}..{MAX_ERRNO})")
+        return code
+    if t == "iotype":
+        return parse_iotypes(value)
+    if t == "choice":
+        if value not in attr.choices:
+            raise _fail(kind, a, f"{a} must be one of {', '.join(attr.choices)}, not {value!r}")
+        return value
+    assert attr.lo is not None and attr.hi is not None
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(kind, a, f"{a} must be an integer, not {value!r}")
+    else:  # float
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(kind, a, f"{a} must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise _fail(kind, a, f"{a} must be a finite number, not {value!r}")
+        value = float(value)
+    if not attr.lo <= value <= attr.hi:
+        raise _fail(
+            kind, a, f"{a}={_num(value)} is out of range ({_num(attr.lo)}..{_num(attr.hi)})"
+        )
+    return value
+
+
+def _validate(rule: object, kind: str) -> None:
+    set_ = object.__setattr__
+    for attr in SCHEMA[kind]:
+        set_(rule, attr.name, _check(kind, attr, getattr(rule, attr.name)))
+
+
+def _format(attr: Attr, value: Any) -> str:
+    """A value as the conditions column and the marker help show it."""
+    if attr.type == "errno":
+        return errno_name(value)
+    if attr.type == "iotype":
+        return ",".join(t for t in IOTYPES if t in value)
+    if attr.type == "float":
+        return f"{value:g}"
+    return str(value)
+
+
+def describe_rule(rule: InjectError | SetState | BadSector) -> str:
+    """Conditions and effect in one short line, from the schema: every
+    attribute that differs from its default (``errno`` always, flags by name)."""
+    parts: list[str] = []
+    for attr in SCHEMA[rule.kind]:
+        if attr.name in ("event", "name", "new_state"):
+            continue
+        value = getattr(rule, attr.name)
+        if attr.type != "errno" and (value is None or value == attr.default):
+            continue
+        parts.append(attr.name if attr.type == "bool" else f"{attr.name}={_format(attr, value)}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# The rule kinds
+# ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class InjectError:
-    """Fail requests once an event arms this rule (QEMU's ``[inject-error]``).
+    """Fail (or alter) requests once an event arms this rule (QEMU's ``[inject-error]``).
 
-    ``sector`` is a 512-byte sector whose first byte a request must contain
-    (-1: any request); ``errno`` 0 lets the matching request through while
-    still shadowing the rules armed behind it.
+    QEMU's attributes: ``sector`` is a 512-byte sector whose first byte a
+    request must contain (-1: any request); ``errno`` 0 lets the matching
+    request through while still shadowing the rules armed behind it. The
+    extensions (``after``, ``count``, ``probability``, ``offset``/``length``,
+    ``delay``, ``delay_jitter`` and the lies ``corrupt``, ``lost``,
+    ``misdirect``) are described in ``SCHEMA`` and docs/rule-files.md.
+    ``once`` and ``count=1`` are one thing and compare equal: ``once`` is
+    True and ``count`` None.
     """
 
     event: str
@@ -116,56 +363,99 @@ class InjectError:
     iotype: frozenset[str] = field(default=DEFAULT_IOTYPES)
     state: int = 0
     name: str | None = None
+    after: int = 0
+    count: int | None = None
+    probability: float = 1.0
+    offset: int | None = None
+    length: int | None = None
+    delay: float = 0.0
+    delay_jitter: float = 0.0
+    corrupt: str | None = None
+    lost: bool = False
+    misdirect: int | None = None
 
     kind = "inject-error"
 
     def __post_init__(self) -> None:
+        _validate(self, self.kind)
         set_ = object.__setattr__
-        set_(self, "event", _check_event(self, self.event))
-        set_(self, "errno", parse_errno(self.errno))
-        set_(self, "sector", _check_int(self, "sector", self.sector, -1, MAX_SECTOR))
-        set_(self, "once", _check_bool(self, "once", self.once))
-        set_(self, "immediately", _check_bool(self, "immediately", self.immediately))
-        set_(self, "iotype", parse_iotypes(self.iotype))
-        set_(self, "state", _check_int(self, "state", self.state, 0, MAX_STATE))
-        set_(self, "name", _check_name(self, self.name))
+        kind = self.kind
+        if self.count == 1:
+            set_(self, "count", None)
+            set_(self, "once", True)
+        elif self.count is not None and self.once:
+            raise _fail(kind, "count", f"once is count=1; once=True with count={self.count}")
+        if (self.offset is None) != (self.length is None):
+            missing = "length" if self.length is None else "offset"
+            raise _fail(kind, missing, "offset and length give a byte range: set both")
+        if self.offset is not None:
+            if self.sector != -1:
+                raise _fail(kind, "offset", "give a sector or an offset/length range, not both")
+            assert self.length is not None
+            if self.offset + self.length > MAX_OFFSET + 1:
+                raise _fail(kind, "length", "offset+length is beyond 2**63")
+        lies = _lies(self)
+        if len(lies) > 1:
+            raise _fail(kind, lies[1], f"one lie per rule: {lies[0]} and {lies[1]} are both set")
+        if lies:
+            lie = lies[0]
+            allowed, default = LIE_IOTYPES[lie]
+            # A lie replaces the error: QEMU's EIO default becomes 0, and the
+            # default iotype set (which has flush) becomes the lie's own.
+            if self.errno == errno_module.EIO:
+                set_(self, "errno", 0)
+            elif self.errno:
+                raise _fail(
+                    kind, "errno", f"{lie} is an effect in place of an errno: leave errno out or 0"
+                )
+            if self.iotype == DEFAULT_IOTYPES:
+                set_(self, "iotype", default)
+            elif not self.iotype <= allowed:
+                bad = ",".join(t for t in IOTYPES if t in self.iotype - allowed)
+                raise _fail(
+                    kind,
+                    "iotype",
+                    f"{lie} applies to {', '.join(t for t in IOTYPES if t in allowed)} "
+                    f"requests, not {bad}",
+                )
+
+    @property
+    def lie(self) -> str | None:
+        """Which lie the rule tells (``"corrupt"``, ``"lost"``, ``"misdirect"``), if any."""
+        lies = _lies(self)
+        return lies[0] if lies else None
 
     def describe(self) -> str:
         """Conditions and effect in one short line, for reports."""
-        parts = [f"errno={errno_name(self.errno)}"]
-        if self.state:
-            parts.append(f"state={self.state}")
-        if self.sector >= 0:
-            parts.append(f"sector={self.sector}")
-        if self.iotype != DEFAULT_IOTYPES:
-            parts.append("iotype=" + ",".join(t for t in IOTYPES if t in self.iotype))
-        if self.once:
-            parts.append("once")
-        if self.immediately:
-            parts.append("immediately")
-        return " ".join(parts)
+        return describe_rule(self)
 
     def __str__(self) -> str:
         return f"inject-error {self.event} {self.describe()}"
 
 
+def _lies(rule: InjectError) -> list[str]:
+    # ``is``, not ``in (None, False)``: misdirect=0 is a real offset.
+    set_ = [rule.corrupt is not None, rule.lost is True, rule.misdirect is not None]
+    return [lie for lie, on in zip(LIE_IOTYPES, set_, strict=True) if on]
+
+
 @dataclass(frozen=True)
 class SetState:
-    """Move the engine to ``new_state`` when ``event`` fires (``[set-state]``)."""
+    """Move the engine to ``new_state`` when ``event`` fires (``[set-state]``).
+
+    ``new_state`` is required: QEMU's ini files default it to 0, which is
+    almost never meant (the ini reader still does, as QEMU does).
+    """
 
     event: str
-    new_state: int = 0
+    new_state: int
     state: int = 0
     name: str | None = None
 
     kind = "set-state"
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "event", _check_event(self, self.event))
-        set_(self, "new_state", _check_int(self, "new_state", self.new_state, 0, MAX_STATE))
-        set_(self, "state", _check_int(self, "state", self.state, 0, MAX_STATE))
-        set_(self, "name", _check_name(self, self.name))
+        _validate(self, self.kind)
 
     def describe(self) -> str:
         cond = f"state={self.state} " if self.state else ""
@@ -173,6 +463,42 @@ class SetState:
 
     def __str__(self) -> str:
         return f"set-state {self.event} {self.describe()}"
+
+
+@dataclass(frozen=True)
+class BadSector:
+    """Sectors whose reads fail until they are written (Linux dm-dust).
+
+    Bad from the moment the disk opens (QEMU's ``none`` event, hence
+    ``event``); a successful write, write-zeroes or discard that touches a
+    bad sector heals it, as a drive remaps a sector on write.
+    """
+
+    sector: int
+    sectors: int = 1
+    errno: int = errno_module.EIO
+    name: str | None = None
+
+    kind = "bad-sector"
+
+    def __post_init__(self) -> None:
+        _validate(self, self.kind)
+        if self.sector + self.sectors - 1 > MAX_SECTOR:
+            raise _fail(self.kind, "sectors", f"sectors run past sector {MAX_SECTOR}")
+
+    @property
+    def event(self) -> str:
+        return "none"
+
+    @property
+    def state(self) -> int:
+        return 0
+
+    def describe(self) -> str:
+        return describe_rule(self)
+
+    def __str__(self) -> str:
+        return f"bad-sector {self.describe()}"
 
 
 @dataclass(frozen=True)
@@ -185,9 +511,18 @@ class Breakpoint:
     kind = "breakpoint"
 
     def __post_init__(self) -> None:
-        _check_event(self, self.event)
+        if not isinstance(self.event, str) or not self.event:
+            raise RuleError(
+                f"Breakpoint: event must be a non-empty string, not {self.event!r}",
+                kind=self.kind,
+                attribute="event",
+            )
         if not isinstance(self.tag, str) or not self.tag:
-            raise RuleError(f"Breakpoint: tag must be a non-empty string, not {self.tag!r}")
+            raise RuleError(
+                f"Breakpoint: tag must be a non-empty string, not {self.tag!r}",
+                kind=self.kind,
+                attribute="tag",
+            )
 
     @property
     def name(self) -> str:
@@ -204,37 +539,110 @@ class Breakpoint:
         return f"breakpoint {self.event} {self.describe()}"
 
 
-Rule = InjectError | SetState
+Rule = InjectError | SetState | BadSector
 """A rule that can live in a rule file."""
 
-RULE_KINDS: dict[str, type[InjectError] | type[SetState]] = {
+RULE_KINDS: dict[str, type[InjectError] | type[SetState] | type[BadSector]] = {
     "inject-error": InjectError,
     "set-state": SetState,
+    "bad-sector": BadSector,
 }
+_CLASS_NAMES = {kind: cls.__name__ for kind, cls in RULE_KINDS.items()}
+_KIND_OF_CLASS = {name: kind for kind, name in _CLASS_NAMES.items()}
+
+
+# ---------------------------------------------------------------------------
+# Construction from keywords, names, help
+# ---------------------------------------------------------------------------
+
+
+def allowed_text(kind: str) -> str:
+    """``(allowed: ...)`` for an unknown attribute: QEMU's first, then the extensions."""
+    qemu = [a.name for a in SCHEMA[kind] if a.ini is not None]
+    ext = [a.name for a in SCHEMA[kind] if a.ini is None]
+    if not qemu:
+        return f"(allowed: {', '.join(ext)})"
+    text = f"(allowed: {', '.join(qemu)})"
+    return f"{text} (extensions: {', '.join(ext)})" if ext else text
 
 
 def make_rule(kind: str, attrs: dict[str, Any], *, where: str = "") -> Rule:
     """Build a rule of ``kind`` from keyword attributes, as markers and TOML do.
 
-    Unknown attributes are a ``RuleError`` naming them and listing the allowed
-    ones (a dataclass would raise a bare ``TypeError``).
+    Unknown attributes and missing required ones are a ``RuleError`` naming
+    them (a dataclass would raise a bare ``TypeError``); so is every bad value.
     """
     prefix = f"{where}: " if where else ""
     cls = RULE_KINDS.get(kind)
     if cls is None:
         raise RuleError(f"{prefix}unknown rule kind {kind!r} (allowed: {', '.join(RULE_KINDS)})")
-    allowed = [f for f in cls.__dataclass_fields__]
-    unknown = [k for k in attrs if k not in allowed]
+    schema = _ATTRS[kind]
+    unknown = [k for k in attrs if k not in schema]
     if unknown:
+        reason = f"unknown attribute {unknown[0]!r} {allowed_text(kind)}"
+        raise RuleError(f"{prefix}{kind}: {reason}", kind=kind, attribute=unknown[0], reason=reason)
+    try:
+        for key, value in attrs.items():  # each value first: its error beats "missing ..."
+            _check(kind, schema[key], value)
+    except RuleError as exc:
+        if not prefix:
+            raise
         raise RuleError(
-            f"{prefix}{kind}: unknown attribute {unknown[0]!r} (allowed: {', '.join(allowed)})"
-        )
-    if "event" not in attrs:
-        raise RuleError(f"{prefix}{kind}: missing event name")
+            f"{prefix}{exc}", kind=exc.kind, attribute=exc.attribute, reason=exc.reason
+        ) from None
+    for attr in SCHEMA[kind]:
+        if attr.required and attr.name not in attrs:
+            reason = "missing event name" if attr.name == "event" else f"missing {attr.name}"
+            reason += f" ({attr.help})" if attr.name != "event" else ""
+            raise RuleError(
+                f"{prefix}{kind}: {reason}", kind=kind, attribute=attr.name, reason=reason
+            )
     try:
         return cls(**attrs)
     except RuleError as exc:
-        raise RuleError(f"{prefix}{exc}") from None
+        if not prefix:
+            raise
+        raise RuleError(
+            f"{prefix}{exc}", kind=exc.kind, attribute=exc.attribute, reason=exc.reason
+        ) from None
+
+
+#: What ``rule_name`` gives an unnamed rule: ``inject-error#2``.
+GENERATED_NAME = re.compile(r"^(?:inject-error|set-state|bad-sector)#\d+$")
+
+
+def rule_name(rule: Rule, position: int) -> str:
+    """A rule's name in its engine: its own, else ``<kind>#<position + 1>``.
+
+    The one place unnamed rules get their names: the engine, the marker code
+    checking duplicates and the plugin's never-fired summary all call it, so
+    the names agree (``position`` counts every rule of the engine, from 0).
+    """
+    return rule.name or f"{rule.kind}#{position + 1}"
+
+
+def marker_help(kind: str) -> str:
+    """The ``pytest --markers`` line for a rule marker, from the schema."""
+    attrs = [a for a in SCHEMA[kind] if not a.required]
+    listed = ", ".join(f"{a.name}={a.shown_default()}" for a in attrs)
+    if kind == "inject-error":
+        head = "inject_error(event, **attrs): an inject-error rule for this test's blkdebug disks"
+    elif kind == "set-state":
+        head = (
+            "set_state(event, new_state, **attrs): a set-state rule for this test's blkdebug disks"
+        )
+    else:
+        head = f"{kind.replace('-', '_')}(**attrs): a {kind} rule"
+    names = ", ".join(a.name for a in attrs)
+    return f"{head} (attrs: {names}). Defaults: {listed}. See docs/rule-files.md."
+
+
+def attribute_help(kind: str) -> list[tuple[str, str, str, str, str]]:
+    """(attribute, allowed values, default, ini key or "not in ini", help) rows."""
+    return [
+        (a.name, a.allowed(), a.shown_default(), a.ini or "not in ini", a.help)
+        for a in SCHEMA[kind]
+    ]
 
 
 def strerror(code: int) -> str:

@@ -18,31 +18,25 @@ file atomically; a file loaded, dumped and loaded again gives equal rules.
 
 from __future__ import annotations
 
+import errno
 import os
-import re
-import sys
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Union
+from typing import Union
 
 from ..core.errors import RuleError, RuleFileError
-from ..core.events import (
-    DEFAULT_IOTYPES,
-    IOTYPES,
-    QEMU_EVENT_SET,
-    EventRegistry,
-    register_events,
-    unknown_name_message,
-)
-from ..core.rules import RULE_KINDS, InjectError, Rule, SetState, errno_name
+from ..core.events import DEFAULT_IOTYPES, IOTYPES, QEMU_EVENT_SET, EventRegistry
+from ..core.rules import SCHEMA, Attr, BadSector, InjectError, Rule, SetState, errno_name
 from .qemu_ini import ID_HINT as ID_HINT  # re-exported: it used to live here
 from .qemu_ini import ID_MAX, IniFail, id_wellformed, parse_ini
+from .toml_rules import parse_toml
 
 __all__ = [
     "INI_SUFFIXES",
+    "MAX_RULE_FILE_SIZE",
     "TOML_SUFFIXES",
     "RuleFileWarning",
     "UnsupportedValueError",
@@ -108,13 +102,65 @@ def _unsupported_type(path: str, suffix: str) -> RuleFileError:
     )
 
 
+#: The largest rule file read (bytes). A real one is a few KiB; this bounds
+#: what a mistaken path (a log, an image, /dev/zero behind a link) can cost.
+MAX_RULE_FILE_SIZE = 16 << 20
+
+
 def _read_bytes(path: PathLike, what: str) -> bytes:
+    """The file's bytes: a regular file of at most ``MAX_RULE_FILE_SIZE``.
+
+    Opened without blocking, so a FIFO is refused instead of waiting
+    forever for a writer; a device (``/dev/zero``) is refused instead of
+    read until memory runs out.
+    """
+    name = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise RuleFileError(os.fspath(path), None, f"Could not read {what}: {reason}") from None
+        raise RuleFileError(name, None, f"Could not read {what}: {reason}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):  # what QEMU says, as reading one fails so
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(st.st_mode):
+            raise RuleFileError(
+                name, None, f"Could not read {what}: not a regular file ({_file_type(st.st_mode)})"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_RULE_FILE_SIZE:
+            chunk = os.read(fd, MAX_RULE_FILE_SIZE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_RULE_FILE_SIZE:
+            raise RuleFileError(
+                name,
+                None,
+                f"Could not read {what}: larger than {MAX_RULE_FILE_SIZE >> 20} MiB "
+                "(MAX_RULE_FILE_SIZE); is this really a rule file?",
+            )
+        return b"".join(chunks)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise RuleFileError(name, None, f"Could not read {what}: {reason}") from None
+    finally:
+        os.close(fd)
+
+
+def _file_type(mode: int) -> str:
+    for test, label in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return label
+    return "a special file"
 
 
 def _emit(collected: list[RuleFileWarning], stacklevel: int) -> None:
@@ -142,7 +188,7 @@ def load_rules(path: PathLike, *, registry: EventRegistry | None = None) -> list
         rules, collected = _parse_ini(data, name, registry)
     elif suffix in TOML_SUFFIXES:
         data = _read_bytes(name, "rule file")
-        rules, collected = _parse_toml(data, name, registry)
+        rules, collected = parse_toml(data, name, registry), []
     else:
         raise _unsupported_type(name, suffix)
     _emit(collected, stacklevel=2)
@@ -164,9 +210,7 @@ def loads_toml(
 ) -> list[Rule]:
     """``load_rules`` for TOML text already in memory (``path`` names it in errors)."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    rules, collected = _parse_toml(raw, path, registry if registry is not None else EventRegistry())
-    _emit(collected, stacklevel=2)
-    return rules
+    return parse_toml(raw, path, registry if registry is not None else EventRegistry())
 
 
 def _parse_ini(
@@ -177,219 +221,8 @@ def _parse_ini(
         rules, found = parse_ini(data, registry)
     except IniFail as fail:
         cls = UnsupportedValueError if fail.unsupported else RuleFileError
-        raise cls(path, fail.line, fail.message) from None
+        raise cls(path, fail.line, fail.message, hint=fail.hint) from None
     return rules, [RuleFileWarning(path, line, text) for line, text in found]
-
-
-# ---------------------------------------------------------------------------
-# TOML reader (extension)
-# ---------------------------------------------------------------------------
-
-_TOML_KEYS: dict[str, tuple[str, ...]] = {
-    "inject-error": (
-        "name",
-        "event",
-        "state",
-        "errno",
-        "sector",
-        "iotype",
-        "once",
-        "immediately",
-    ),
-    "set-state": ("name", "event", "state", "new_state"),
-}
-_TOML_TOP = ("events", "inject-error", "set-state")
-
-
-def _tomllib() -> ModuleType:
-    # Imported on first use so the ini reader works without tomli on 3.10.
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        try:
-            # tomli ships its types; the ignore is for a 3.10 without it installed.
-            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-        except ModuleNotFoundError:
-            raise RuleError(
-                "reading TOML rule files on Python 3.10 needs 'tomli' (pip install tomli)"
-            ) from None
-    return tomllib
-
-
-def _key_pattern(key: str) -> str:
-    k = re.escape(key)
-    return rf"(?:{k}|\"{k}\"|'{k}')"
-
-
-class _TomlLines:
-    """Best-effort line numbers: tomllib does not report them for values."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    def _find(self, pattern: str, start: int = 0, stop: int | None = None) -> list[int]:
-        rx = re.compile(pattern)
-        end = len(self.lines) if stop is None else stop
-        return [n + 1 for n in range(start, end) if rx.match(self.lines[n])]
-
-    def tables(self, kind: str) -> list[int]:
-        return self._find(rf"\s*\[\[\s*{_key_pattern(kind)}\s*\]\]")
-
-    def top_key(self, key: str) -> int | None:
-        hits = self._find(rf"\s*(?:\[+\s*)?{_key_pattern(key)}\s*(?:[.=\]])")
-        return hits[0] if hits else None
-
-    def key_in_table(self, table_line: int | None, key: str) -> int | None:
-        if table_line is None:
-            return None
-        end = len(self.lines)
-        for n in range(table_line, len(self.lines)):
-            if self.lines[n].lstrip().startswith("["):
-                end = n
-                break
-        hits = self._find(rf"\s*{_key_pattern(key)}\s*[.=]", table_line, end)
-        if not hits:  # a sub-table: [inject-error.key]
-            hits = self._find(rf"\s*\[+[^\]]*\.\s*{_key_pattern(key)}\s*[.\]]", end)
-        return hits[0] if hits else table_line
-
-
-def _type_name(value: object) -> str:
-    return {bool: "a boolean", int: "an integer", str: "a string", float: "a float",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)  # fmt: skip
-
-
-def _parse_toml(
-    data: bytes, path: str, registry: EventRegistry
-) -> tuple[list[Rule], list[RuleFileWarning]]:
-    try:
-        tomllib = _tomllib()
-    except RuleError as exc:  # pragma: no cover - Python 3.10 without tomli
-        raise RuleFileError(path, None, str(exc)) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line: int | None = data.count(b"\n", 0, exc.start) + 1
-        raise RuleFileError(path, line, f"not valid UTF-8 ({exc.reason})") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message, line = _toml_error(exc, text)
-        raise RuleFileError(path, line, f"TOML syntax error: {message}") from None
-    except RecursionError:
-        raise RuleFileError(path, None, "TOML syntax error: nesting too deep") from None
-    where = _TomlLines(text)
-
-    def fail(line: int | None, message: str) -> RuleFileError:
-        return RuleFileError(path, line, message)
-
-    for key in doc:
-        if key not in _TOML_TOP:
-            raise fail(
-                where.top_key(key),
-                f"unknown top-level key {key!r} (allowed: {', '.join(_TOML_TOP)})",
-            )
-    # Register custom events in a scratch registry: the caller's registry is
-    # only touched once the whole file is valid.
-    scratch = EventRegistry(registry.custom)
-    events = doc.get("events", [])
-    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
-        raise fail(where.top_key("events"), "events must be an array of event names (strings)")
-    for name in events:
-        try:
-            scratch.register(name)
-        except RuleError as exc:
-            raise fail(where.top_key("events"), str(exc)) from None
-
-    placed: list[tuple[int, int, int, Rule]] = []
-    for kind_no, kind in enumerate(("inject-error", "set-state")):
-        tables = doc.get(kind, [])
-        if not isinstance(tables, list):
-            raise fail(
-                where.top_key(kind),
-                f"{kind} must be an array of tables: write [[{kind}]], not [{kind}]",
-            )
-        headers = where.tables(kind)
-        for i, table in enumerate(tables):
-            line = headers[i] if i < len(headers) else where.top_key(kind)
-            if not isinstance(table, dict):
-                raise fail(line, f"{kind} entries must be tables, not {_type_name(table)}")
-            rule = _toml_rule(kind, table, line, where, scratch, fail)
-            placed.append((line or 0, kind_no, i, rule))
-    register_events(registry, events)
-    return [rule for *_, rule in sorted(placed, key=lambda p: p[:3])], []
-
-
-def _toml_error(exc: Exception, text: str) -> tuple[str, int | None]:
-    message = str(exc)
-    line = getattr(exc, "lineno", None)
-    m = re.match(r"^(.*) \(at line (\d+), column \d+\)$", message, re.DOTALL)
-    if m:
-        message, line = m.group(1), line or int(m.group(2))
-    m = re.match(r"^(.*) \(at end of document\)$", message, re.DOTALL)
-    if m:
-        message, line = m.group(1), line or max(1, len(text.splitlines()))
-    msg = getattr(exc, "msg", None)
-    if isinstance(msg, str) and msg:
-        message = msg
-    return message, line
-
-
-_TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "name": ((str,), "a string"),
-    "event": ((str,), "a string"),
-    "state": ((int,), "an integer"),
-    "new_state": ((int,), "an integer"),
-    "sector": ((int,), "an integer"),
-    "errno": ((int, str), 'an errno number or name such as "ENOSPC"'),
-    "once": ((bool,), "true or false"),
-    "immediately": ((bool,), "true or false"),
-    "iotype": ((str, list), "an iotype name or an array of them"),
-}
-
-
-def _toml_rule(
-    kind: str,
-    table: dict[str, Any],
-    line: int | None,
-    where: _TomlLines,
-    registry: EventRegistry,
-    fail: Any,
-) -> Rule:
-    allowed = _TOML_KEYS[kind]
-    for key, value in table.items():
-        key_line = where.key_in_table(line, key)
-        if key not in allowed:
-            raise fail(
-                key_line,
-                f"[[{kind}]]: unknown key {key!r} (allowed: {', '.join(allowed)})",
-            )
-        types, wanted = _TOML_TYPES[key]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if ok and key == "iotype" and isinstance(value, list):
-            ok = all(isinstance(v, str) for v in value)
-        if not ok:
-            raise fail(
-                key_line,
-                f"[[{kind}]]: {key} must be {wanted}, not {_type_name(value)} {value!r}",
-            )
-    if "event" not in table:
-        raise fail(line, f"[[{kind}]]: missing event name")
-    if table["event"] not in registry:
-        raise fail(
-            where.key_in_table(line, "event"),
-            f"[[{kind}]]: " + unknown_name_message("event", table["event"], registry.names),
-        )
-    try:
-        return RULE_KINDS[kind](**table)
-    except RuleError as exc:
-        # rules.py says "InjectError: <attribute> ..." (or "... invalid iotype").
-        text = re.sub(r"^(?:InjectError|SetState): ", "", str(exc))
-        m = re.match(r"(\w+)", text)
-        bad = m.group(1) if m and m.group(1) in table else None
-        if bad is None and "iotype" in text:
-            bad = "iotype"
-        at = where.key_in_table(line, bad) if bad else line
-        raise fail(at, f"[[{kind}]]: {text}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -397,23 +230,77 @@ def _toml_rule(
 # ---------------------------------------------------------------------------
 
 
-def _check_rules(rules: Iterable[Rule]) -> list[Rule]:
+def _check_rules(rules: Iterable[Rule], kinds: tuple[type, ...], what: str) -> list[Rule]:
     out = list(rules)
     for rule in out:
-        if not isinstance(rule, (InjectError, SetState)):
-            raise RuleError(
-                f"only inject-error and set-state rules can be written to a rule file, not {rule!r}"
-            )
+        if not isinstance(rule, kinds):
+            raise RuleError(f"only {what} rules can be written to {_FORMAT[what]}, not {rule!r}")
     return out
+
+
+_FORMAT = {
+    "inject-error and set-state": "a QEMU ini file",
+    "inject-error, set-state and bad-sector": "a rule file",
+}
 
 
 def _iotype_list(rule: InjectError) -> list[str]:
     return [t for t in IOTYPES if t in rule.iotype]
 
 
+def _is_default(attr: Attr, value: object) -> bool:
+    return value is None or (value == attr.default and attr.type != "errno")
+
+
+def _ini_value(rule: Rule, attr: Attr, value: object) -> str:
+    if attr.type == "bool":
+        return "on"
+    if attr.type == "iotype":
+        assert isinstance(rule, InjectError)
+        kinds = _iotype_list(rule)
+        if len(kinds) != 1:
+            raise RuleError(
+                f"{rule}: QEMU's ini format takes a single iotype per rule (or none for "
+                f"the default {', '.join(t for t in IOTYPES if t in DEFAULT_IOTYPES)}); "
+                f"this rule has {', '.join(kinds)}. Write TOML, or split it into one "
+                "rule per iotype (which is not equivalent with once or errno 0)",
+                kind=rule.kind,
+                attribute="iotype",
+            )
+        return kinds[0]
+    return str(value)
+
+
+def _ini_name(rule: Rule, seen: dict[str, set[str]]) -> str:
+    """The group header, with the rule's name as QEMU's group id."""
+    if rule.name is None:
+        return f"[{rule.kind}]"
+    if len(rule.name) > ID_MAX or not id_wellformed(rule.name.encode("utf-8")):
+        raise RuleError(
+            f"{rule.kind} {rule.name!r}: a name written to an ini file becomes a QEMU id, "
+            f"which must start with a letter and contain only letters, digits, '-', '.' "
+            f"and '_' (at most {ID_MAX}); rename the rule or write TOML",
+            kind=rule.kind,
+            attribute="name",
+        )
+    if rule.name in seen[rule.kind]:
+        raise RuleError(
+            f"{rule.kind} {rule.name!r}: two {rule.kind} rules share this name; QEMU "
+            f"rejects duplicate ids ('Duplicate ID ... for {rule.kind}')",
+            kind=rule.kind,
+            attribute="name",
+        )
+    seen[rule.kind].add(rule.name)
+    return f'[{rule.kind} "{rule.name}"]'
+
+
 def dump_ini(rules: Iterable[Rule]) -> str:
     """The rules as a QEMU blkdebug config file (``qemu-io`` reads it).
 
+    Written from the rule schema: every attribute with an ini key, when it
+    differs from its default (``errno`` always). A rule that uses an
+    extension QEMU has no key for (``after``, ``probability``, a lie, ...)
+    or a ``bad-sector`` rule is a ``RuleError`` naming it: write TOML.
     A rule's ``name`` becomes the group id (``[inject-error "name"]``), which
     QEMU accepts and ignores, so it must be a QEMU identifier (a letter, then
     letters, digits, ``-``, ``.``, ``_``; at most 63) and unique among the
@@ -427,46 +314,21 @@ def dump_ini(rules: Iterable[Rule]) -> str:
         "",
     ]
     seen: dict[str, set[str]] = {"inject-error": set(), "set-state": set()}
-    for rule in _check_rules(rules):
-        if rule.name is not None:
-            if len(rule.name) > ID_MAX or not id_wellformed(rule.name.encode("utf-8")):
+    for rule in _check_rules(rules, (InjectError, SetState), "inject-error and set-state"):
+        for attr in SCHEMA[rule.kind]:
+            if attr.ini is None and not _is_default(attr, getattr(rule, attr.name)):
                 raise RuleError(
-                    f"{rule.kind} {rule.name!r}: a name written to an ini file becomes a QEMU id, "
-                    f"which must start with a letter and contain only letters, digits, '-', '.' "
-                    f"and '_' (at most {ID_MAX}); rename the rule or write TOML"
+                    f"{rule}: QEMU's ini format has no {attr.name!r} ({attr.help}); "
+                    "write TOML (save_rules to a .toml file) for rules beyond QEMU's",
+                    kind=rule.kind,
+                    attribute=attr.name,
                 )
-            if rule.name in seen[rule.kind]:
-                raise RuleError(
-                    f"{rule.kind} {rule.name!r}: two {rule.kind} rules share this name; QEMU "
-                    f"rejects duplicate ids ('Duplicate ID ... for {rule.kind}')"
-                )
-            seen[rule.kind].add(rule.name)
-            out.append(f'[{rule.kind} "{rule.name}"]')
-        else:
-            out.append(f"[{rule.kind}]")
-        out.append(f'  event = "{rule.event}"')
-        if rule.state:
-            out.append(f'  state = "{rule.state}"')
-        if isinstance(rule, InjectError):
-            out.append(f'  errno = "{rule.errno}"')
-            if rule.sector != -1:
-                out.append(f'  sector = "{rule.sector}"')
-            if rule.iotype != DEFAULT_IOTYPES:
-                kinds = _iotype_list(rule)
-                if len(kinds) != 1:
-                    raise RuleError(
-                        f"{rule}: QEMU's ini format takes a single iotype per rule (or none for "
-                        f"the default {', '.join(t for t in IOTYPES if t in DEFAULT_IOTYPES)}); "
-                        f"this rule has {', '.join(kinds)}. Write TOML, or split it into one "
-                        "rule per iotype (which is not equivalent with once or errno 0)"
-                    )
-                out.append(f'  iotype = "{kinds[0]}"')
-            if rule.once:
-                out.append('  once = "on"')
-            if rule.immediately:
-                out.append('  immediately = "on"')
-        else:
-            out.append(f'  new_state = "{rule.new_state}"')
+        out.append(_ini_name(rule, seen))
+        for attr in sorted(SCHEMA[rule.kind], key=lambda a: a.name != "event"):
+            value = getattr(rule, attr.name)
+            if attr.ini in (None, "id") or _is_default(attr, value):
+                continue
+            out.append(f'  {attr.ini} = "{_ini_value(rule, attr, value)}"')
         out.append("")
     return "\n".join(out)
 
@@ -489,13 +351,33 @@ def _toml_str(value: str) -> str:
     return "".join(out)
 
 
+def _toml_value(rule: Rule, attr: Attr, value: object) -> str:
+    if attr.type == "errno":
+        assert isinstance(value, int)
+        name = errno_name(value)
+        return _toml_str(name) if name.startswith("E") else str(value)
+    if attr.type == "iotype":
+        assert isinstance(rule, InjectError)
+        kinds = _iotype_list(rule)
+        return (
+            _toml_str(kinds[0]) if len(kinds) == 1 else "[" + ", ".join(map(_toml_str, kinds)) + "]"
+        )
+    if attr.type == "bool":
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _toml_str(value)
+    return repr(value)  # int, or a float (repr round-trips exactly)
+
+
 def dump_toml(rules: Iterable[Rule], events: Sequence[str] = ()) -> str:
-    """The rules as a pytest-blkdebug TOML rule file.
+    """The rules as a pytest-blkdebug TOML rule file, from the rule schema.
 
     ``events`` are written as the top-level ``events`` list, followed by every
     non-QEMU event the rules use, so the file loads back on its own.
     """
-    checked = _check_rules(rules)
+    checked = _check_rules(
+        rules, (InjectError, SetState, BadSector), "inject-error, set-state and bad-sector"
+    )
     names: list[str] = []
     for name in list(events) + [r.event for r in checked]:
         if name not in names and (name in events or name not in QEMU_EVENT_SET):
@@ -506,30 +388,12 @@ def dump_toml(rules: Iterable[Rule], events: Sequence[str] = ()) -> str:
         out.append("events = [" + ", ".join(_toml_str(n) for n in names) + "]")
     for rule in checked:
         out += ["", f"[[{rule.kind}]]"]
-        if rule.name is not None:
-            out.append(f"name = {_toml_str(rule.name)}")
-        out.append(f"event = {_toml_str(rule.event)}")
-        if rule.state:
-            out.append(f"state = {rule.state}")
-        if isinstance(rule, InjectError):
-            name = errno_name(rule.errno)
-            out.append(f"errno = {_toml_str(name) if name.startswith('E') else rule.errno}")
-            if rule.sector != -1:
-                out.append(f"sector = {rule.sector}")
-            if rule.iotype != DEFAULT_IOTYPES:
-                kinds = _iotype_list(rule)
-                shown = (
-                    _toml_str(kinds[0])
-                    if len(kinds) == 1
-                    else "[" + ", ".join(map(_toml_str, kinds)) + "]"
-                )
-                out.append(f"iotype = {shown}")
-            if rule.once:
-                out.append("once = true")
-            if rule.immediately:
-                out.append("immediately = true")
-        else:
-            out.append(f"new_state = {rule.new_state}")
+        # name and event first: what a reader looks for
+        for attr in sorted(SCHEMA[rule.kind], key=lambda a: a.name not in ("name", "event")):
+            value = getattr(rule, attr.name)
+            if not attr.required and _is_default(attr, value):
+                continue
+            out.append(f"{attr.name} = {_toml_value(rule, attr, value)}")
     return "\n".join(out) + "\n"
 
 

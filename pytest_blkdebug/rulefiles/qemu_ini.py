@@ -31,6 +31,7 @@ knows nothing of files or paths: ``rulefile`` reads the file and turns
 
 from __future__ import annotations
 
+import difflib
 import errno as errno_module
 import re
 from dataclasses import dataclass, field
@@ -38,7 +39,16 @@ from typing import Any
 
 from ..core.errors import RuleError
 from ..core.events import DEFAULT_IOTYPES, IOTYPES, EventRegistry
-from ..core.rules import MAX_ERRNO, MAX_SECTOR, MAX_STATE, InjectError, Rule, SetState
+from ..core.rules import (
+    MAX_ERRNO,
+    MAX_SECTOR,
+    MAX_STATE,
+    QEMU_KINDS,
+    SCHEMA,
+    InjectError,
+    Rule,
+    SetState,
+)
 
 __all__ = ["ID_HINT", "ID_MAX", "IniFail", "id_wellformed", "parse_ini"]
 
@@ -55,17 +65,11 @@ _QUOTE = ord('"')
 _QDICT_BUCKETS = 512
 
 _NUMBER, _BOOL, _STRING = "number", "bool", "string"
+_INI_TYPES = {"int": _NUMBER, "errno": _NUMBER, "bool": _BOOL, "event": _STRING, "iotype": _STRING}
+#: QEMU's keys per group, from the rule schema (the attributes with an ini key).
 _INI_KEYS: dict[str, dict[str, str]] = {
-    "inject-error": {
-        "event": _STRING,
-        "state": _NUMBER,
-        "iotype": _STRING,
-        "errno": _NUMBER,
-        "sector": _NUMBER,
-        "once": _BOOL,
-        "immediately": _BOOL,
-    },
-    "set-state": {"event": _STRING, "state": _NUMBER, "new_state": _NUMBER},
+    kind: {a.ini: _INI_TYPES[a.type] for a in SCHEMA[kind] if a.ini not in (None, "id")}
+    for kind in QEMU_KINDS
 }
 _BOOL_WORDS = {b"on": True, b"yes": True, b"true": True, b"y": True,
                b"off": False, b"no": False, b"false": False, b"n": False}  # fmt: skip
@@ -140,14 +144,34 @@ class _Opts:
 class IniFail(Exception):
     """The first error in the file: QEMU's text, or (``unsupported``) one of ours.
 
-    ``line`` is the physical line at fault, or ``None``.
+    ``line`` is the physical line at fault, or ``None``; ``hint`` a
+    suggestion of ours that follows QEMU's text ("did you mean ...").
     """
 
-    def __init__(self, line: int | None, message: str, unsupported: bool = False) -> None:
+    def __init__(
+        self, line: int | None, message: str, unsupported: bool = False, hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.line = line
         self.message = message
         self.unsupported = unsupported
+        self.hint = hint
+
+
+def _did_you_mean(value: str, known: list[str]) -> str | None:
+    close = difflib.get_close_matches(value, known, n=3, cutoff=0.6)
+    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else None
+
+
+def _key_hint(kind: str, key: str) -> str | None:
+    """Why a key QEMU calls invalid probably is: no spaces around '=', a typo,
+    or one of pytest-blkdebug's extensions, which only TOML files take."""
+    if "=" in key:
+        name = key.split("=", 1)[0]
+        return f"QEMU reads {key!r} as one key: write {name} = \"...\" with spaces around '='"
+    if any(a.name == key and a.ini is None for a in SCHEMA[kind]):
+        return f"{key!r} is a pytest-blkdebug extension, which QEMU's ini format lacks: write TOML"
+    return _did_you_mean(key, list(_INI_KEYS[kind]))
 
 
 def _skip_space(s: bytes, i: int) -> int:
@@ -376,7 +400,7 @@ class _IniParser:
             key = _txt(entry.key)
             typ = allowed.get(entry.key.decode("ascii", "replace"))
             if typ is None:
-                raise IniFail(entry.line, f"Invalid parameter '{key}'")
+                raise IniFail(entry.line, f"Invalid parameter '{key}'", hint=_key_hint(kind, key))
             parsed: Any
             if typ == _NUMBER:
                 parsed = _strtou64(entry.value)
@@ -405,11 +429,13 @@ class _IniParser:
                     raise IniFail(opts.header_line, "Missing event name for rule")
                 raw, _, line = opts.values["event"]
                 if not self._is_event(raw):
-                    raise IniFail(line, f"invalid parameter value: {_txt(raw)}")
+                    hint = _did_you_mean(_txt(raw), list(self.registry.names))
+                    raise IniFail(line, f"invalid parameter value: {_txt(raw)}", hint=hint)
                 if "iotype" in opts.values:
                     raw, _, line = opts.values["iotype"]
                     if _txt(raw) not in IOTYPES:
-                        raise IniFail(line, f"invalid parameter value: {_txt(raw)}")
+                        hint = _did_you_mean(_txt(raw), list(IOTYPES))
+                        raise IniFail(line, f"invalid parameter value: {_txt(raw)}", hint=hint)
         # Only once QEMU would accept the whole file: our own limits.
         everything = sorted(
             self.opts["inject-error"] + self.opts["set-state"], key=lambda o: o.index
