@@ -75,7 +75,7 @@ class AsyncDisk:
 
     async def _check(self, iotype: int, operation: str, offset: int, length: int) -> None:
         slot = self.disk.engine.check(iotype, offset, length)
-        if slot is not None:
+        if slot is not None and slot.errno:
             if not slot.immediately:
                 await asyncio.sleep(0)
             raise InjectedError(slot.errno, slot.rule, operation, offset, length)

@@ -142,10 +142,13 @@ class Disk:
         hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
         size: int | None = None,
+        seed: int | None = None,
     ) -> None:
         self.path = os.fspath(path)
         if engine is None:
-            engine = Engine(rules, events=events)
+            engine = Engine(rules, events=events, seed=seed)
+        elif seed is not None and seed != engine.seed:
+            raise ValueError(f"seed={seed}: the shared engine already has seed {engine.seed}")
         else:
             for name in events:
                 engine.registry.register(name)
@@ -275,7 +278,7 @@ class Disk:
             if event in engine.live_events:
                 self._wait(engine.fire(event, seq.operation))
         slot = engine.check(seq.iotype, offset, length)
-        if slot is not None:
+        if slot is not None and slot.errno:
             raise InjectedError(slot.errno, slot.rule, seq.operation, offset, length)
 
     def _end(self, seq: Sequence) -> None:
@@ -303,7 +306,7 @@ class Disk:
         match = engine.matchers[READ]
         if match is not None and match(offset, length):
             slot = engine.decide(READ, offset, length)
-            if slot is not None:
+            if slot is not None and slot.errno:
                 raise InjectedError(slot.errno, slot.rule, "read", offset, length)
         data = os.pread(self._fd, length, offset)
         if len(data) < length:  # the file shrank under us: holes read as zeroes
@@ -342,12 +345,14 @@ class Disk:
             match = engine.matchers[WRITE]
             if match is not None and match(offset, length):
                 slot = engine.decide(WRITE, offset, length)
-                if slot is not None:
+                if slot is not None and slot.errno:
                     raise InjectedError(slot.errno, slot.rule, "write", offset, length)
             if os.pwrite(self._fd, data, offset) < length:
                 self._pwrite(offset, data, length)  # short write: finish it
             if engine.recorders:
                 self._stored("write", offset, length, data)
+            if engine.watches_stores:  # bad sectors heal when written
+                engine.stored(offset, length)
         finally:
             try:
                 if "pwritev_done" in engine.live_events:
@@ -368,6 +373,8 @@ class Disk:
             _zero_range(self._fd, offset, length, unmap)
             if self.engine.recorders:
                 self._stored("write_zeroes", offset, length, None)
+            if self.engine.watches_stores:
+                self.engine.stored(offset, length)
         finally:
             self._end(WRITE_ZEROES_SEQ)
 
@@ -380,6 +387,8 @@ class Disk:
             _punch_hole(self._fd, offset, length)
             if self.engine.recorders:
                 self._stored("discard", offset, length, None)
+            if self.engine.watches_stores:
+                self.engine.stored(offset, length)
         finally:
             self._end(DISCARD_SEQ)
 
@@ -430,7 +439,7 @@ class Disk:
             self._wait(engine.fire(FLUSH_TO_DISK, "flush"))
         if self._dirty_check:
             slot = engine.check(FLUSH, 0, 0)
-            if slot is not None:
+            if slot is not None and slot.errno:
                 raise InjectedError(slot.errno, slot.rule, "flush", 0, 0)
         self._flushed()
 

@@ -20,20 +20,45 @@ here, because custom events are per-engine.
 from __future__ import annotations
 
 import errno as errno_module
-import math
-import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .attrs import (
+    MAX_ERRNO,
+    TYPES,
+    Attr,
+    check,
+    errno_name,
+    fail,
+    format_value,
+    parse_errno,
+    parse_iotypes,
+)
 from .errors import RuleError
 from .events import DEFAULT_IOTYPES, IOTYPES
+
+__all__ = [
+    "MAX_ERRNO",
+    "SCHEMA",
+    "TYPES",
+    "Attr",
+    "BadSector",
+    "Breakpoint",
+    "InjectError",
+    "Rule",
+    "SetState",
+    "errno_name",
+    "make_rule",
+    "marker_help",
+    "parse_errno",
+    "parse_iotypes",
+    "rule_name",
+]
 
 #: Largest sector whose byte offset still fits QEMU's int64 arithmetic.
 MAX_SECTOR = (1 << 63) // 512 - 1
 MAX_STATE = (1 << 31) - 1
-MAX_ERRNO = 4095
 #: Largest byte offset or length (QEMU's int64 offsets).
 MAX_OFFSET = (1 << 63) - 1
 #: Largest ``after``/``count``.
@@ -53,62 +78,6 @@ LIE_IOTYPES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 # ---------------------------------------------------------------------------
 # The schema
 # ---------------------------------------------------------------------------
-
-#: Value types: (Python types a rule file or marker may give, how errors name them).
-TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "event": ((str,), "a string"),
-    "name": ((str,), "a string"),
-    "int": ((int,), "an integer"),
-    "float": ((int, float), "a number"),
-    "bool": ((bool,), "true or false"),
-    "errno": ((int, str), 'an errno number or name such as "ENOSPC"'),
-    "iotype": ((str, list), "an iotype name or an array of them"),
-    "choice": ((str,), "a string"),
-}
-
-
-@dataclass(frozen=True)
-class Attr:
-    """One attribute of one rule kind: the single place that describes it."""
-
-    name: str
-    type: str  # a key of TYPES
-    default: Any
-    help: str
-    lo: float | None = None
-    hi: float | None = None
-    choices: tuple[str, ...] = ()
-    #: QEMU ini key (``"id"`` is the group id), or None: not in ini, an extension.
-    ini: str | None = None
-    required: bool = False
-    #: None is allowed and means "not set".
-    optional: bool = False
-
-    def allowed(self) -> str:
-        """What values are allowed, for help texts and errors."""
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        if self.type == "iotype":
-            return "iotype name(s): " + ", ".join(IOTYPES)
-        if self.type == "errno":
-            return f"errno number 0..{MAX_ERRNO} or name (EIO, ENOSPC, ...)"
-        if self.type == "bool":
-            return "true or false"
-        if self.lo is not None and self.hi is not None:
-            return f"{_num(self.lo)}..{_num(self.hi)}"
-        return "a non-empty string"
-
-    def shown_default(self) -> str:
-        if self.required:
-            return "required"
-        if self.default is None:
-            return "not set"
-        return _format(self, self.default)
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
 
 INJECT_ERROR_ATTRS: tuple[Attr, ...] = (
     Attr("event", "event", None, "the event that arms the rule", ini="event", required=True),
@@ -198,128 +167,10 @@ _ATTRS = {kind: attrs_of(kind) for kind in SCHEMA}
 # ---------------------------------------------------------------------------
 
 
-def _fail(kind: str, attr: str | None, reason: str) -> RuleError:
-    return RuleError(f"{_CLASS_NAMES[kind]}: {reason}", kind=kind, attribute=attr, reason=reason)
-
-
-def parse_errno(value: object, *, what: str = "InjectError: errno") -> int:
-    """An errno given as a number (``28``), a number in a string (``"28"``,
-    as ini files spell it) or a name (``"ENOSPC"``)."""
-    prefix, _, attr = what.rpartition(": ")
-    kind = _KIND_OF_CLASS.get(prefix)
-
-    def fail(reason: str) -> RuleError:
-        return RuleError(
-            f"{prefix}: {reason}" if prefix else reason, kind=kind, attribute=attr, reason=reason
-        )
-
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit() and text.isascii():
-            value = int(text)
-        else:
-            code = getattr(errno_module, text.upper(), None)
-            if not isinstance(code, int) or not text.upper().startswith("E"):
-                raise fail(f"unknown errno name {value!r} (use e.g. 'EIO' or 'ENOSPC')")
-            return code
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(f"{attr} must be an errno number or name, not {value!r}")
-    if not 0 <= value <= MAX_ERRNO:
-        raise fail(f"{attr}={value} is out of range (0..{MAX_ERRNO})")
-    return value
-
-
-def errno_name(code: int) -> str:
-    """``28`` -> ``"ENOSPC"``; numbers without a name stay numbers."""
-    return errno_module.errorcode.get(code, str(code))
-
-
-def parse_iotypes(value: object) -> frozenset[str]:
-    """``None`` (QEMU's default set), one iotype name, or a collection of them."""
-    if value is None:
-        return DEFAULT_IOTYPES
-    names: Iterable[Any] = (value,) if isinstance(value, str) else value  # type: ignore[assignment]
-    try:
-        result = frozenset(names)
-    except TypeError:
-        raise _fail(
-            "inject-error", "iotype", f"iotype must be a name or a list of names, not {value!r}"
-        ) from None
-    bad = [n for n in result if n not in IOTYPES]
-    if bad or not result:
-        raise _fail(
-            "inject-error",
-            "iotype",
-            f"invalid iotype {bad[0] if bad else value!r} (allowed: {', '.join(IOTYPES)})",
-        )
-    return result
-
-
-def _check(kind: str, attr: Attr, value: Any) -> Any:
-    """One attribute's value, validated and normalized, or a RuleError naming it."""
-    a = attr.name
-    if value is None and attr.optional:
-        return None
-    t = attr.type
-    if t == "event":
-        if not isinstance(value, str) or not value:
-            raise _fail(kind, a, f"event must be a non-empty string, not {value!r}")
-        return value
-    if t == "name":
-        if not isinstance(value, str) or not value or any(c in value for c in '"\n\r'):
-            raise _fail(
-                kind,
-                a,
-                f"name must be a non-empty string without quotes or newlines, not {value!r}",
-            )
-        return value
-    if t == "bool":
-        if not isinstance(value, bool):
-            raise _fail(kind, a, f"{a} must be True or False, not {value!r}")
-        return value
-    if t == "errno":
-        code = parse_errno(value, what=f"{_CLASS_NAMES[kind]}: {a}")
-        if attr.lo is not None and code < attr.lo:
-            raise _fail(kind, a, f"{a}={code} is out of range ({_num(attr.lo)}..{MAX_ERRNO})")
-        return code
-    if t == "iotype":
-        return parse_iotypes(value)
-    if t == "choice":
-        if value not in attr.choices:
-            raise _fail(kind, a, f"{a} must be one of {', '.join(attr.choices)}, not {value!r}")
-        return value
-    assert attr.lo is not None and attr.hi is not None
-    if t == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(kind, a, f"{a} must be an integer, not {value!r}")
-    else:  # float
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(kind, a, f"{a} must be a number, not {value!r}")
-        if not math.isfinite(value):
-            raise _fail(kind, a, f"{a} must be a finite number, not {value!r}")
-        value = float(value)
-    if not attr.lo <= value <= attr.hi:
-        raise _fail(
-            kind, a, f"{a}={_num(value)} is out of range ({_num(attr.lo)}..{_num(attr.hi)})"
-        )
-    return value
-
-
 def _validate(rule: object, kind: str) -> None:
     set_ = object.__setattr__
     for attr in SCHEMA[kind]:
-        set_(rule, attr.name, _check(kind, attr, getattr(rule, attr.name)))
-
-
-def _format(attr: Attr, value: Any) -> str:
-    """A value as the conditions column and the marker help show it."""
-    if attr.type == "errno":
-        return errno_name(value)
-    if attr.type == "iotype":
-        return ",".join(t for t in IOTYPES if t in value)
-    if attr.type == "float":
-        return f"{value:g}"
-    return str(value)
+        set_(rule, attr.name, check(kind, attr, getattr(rule, attr.name)))
 
 
 def describe_rule(rule: InjectError | SetState | BadSector) -> str:
@@ -332,7 +183,9 @@ def describe_rule(rule: InjectError | SetState | BadSector) -> str:
         value = getattr(rule, attr.name)
         if attr.type != "errno" and (value is None or value == attr.default):
             continue
-        parts.append(attr.name if attr.type == "bool" else f"{attr.name}={_format(attr, value)}")
+        parts.append(
+            attr.name if attr.type == "bool" else f"{attr.name}={format_value(attr, value)}"
+        )
     return " ".join(parts)
 
 
@@ -384,19 +237,19 @@ class InjectError:
             set_(self, "count", None)
             set_(self, "once", True)
         elif self.count is not None and self.once:
-            raise _fail(kind, "count", f"once is count=1; once=True with count={self.count}")
+            raise fail(kind, "count", f"once is count=1; once=True with count={self.count}")
         if (self.offset is None) != (self.length is None):
             missing = "length" if self.length is None else "offset"
-            raise _fail(kind, missing, "offset and length give a byte range: set both")
+            raise fail(kind, missing, "offset and length give a byte range: set both")
         if self.offset is not None:
             if self.sector != -1:
-                raise _fail(kind, "offset", "give a sector or an offset/length range, not both")
+                raise fail(kind, "offset", "give a sector or an offset/length range, not both")
             assert self.length is not None
             if self.offset + self.length > MAX_OFFSET + 1:
-                raise _fail(kind, "length", "offset+length is beyond 2**63")
+                raise fail(kind, "length", "offset+length is beyond 2**63")
         lies = _lies(self)
         if len(lies) > 1:
-            raise _fail(kind, lies[1], f"one lie per rule: {lies[0]} and {lies[1]} are both set")
+            raise fail(kind, lies[1], f"one lie per rule: {lies[0]} and {lies[1]} are both set")
         if lies:
             lie = lies[0]
             allowed, default = LIE_IOTYPES[lie]
@@ -405,14 +258,14 @@ class InjectError:
             if self.errno == errno_module.EIO:
                 set_(self, "errno", 0)
             elif self.errno:
-                raise _fail(
+                raise fail(
                     kind, "errno", f"{lie} is an effect in place of an errno: leave errno out or 0"
                 )
             if self.iotype == DEFAULT_IOTYPES:
                 set_(self, "iotype", default)
             elif not self.iotype <= allowed:
                 bad = ",".join(t for t in IOTYPES if t in self.iotype - allowed)
-                raise _fail(
+                raise fail(
                     kind,
                     "iotype",
                     f"{lie} applies to {', '.join(t for t in IOTYPES if t in allowed)} "
@@ -484,7 +337,7 @@ class BadSector:
     def __post_init__(self) -> None:
         _validate(self, self.kind)
         if self.sector + self.sectors - 1 > MAX_SECTOR:
-            raise _fail(self.kind, "sectors", f"sectors run past sector {MAX_SECTOR}")
+            raise fail(self.kind, "sectors", f"sectors run past sector {MAX_SECTOR}")
 
     @property
     def event(self) -> str:
@@ -547,8 +400,6 @@ RULE_KINDS: dict[str, type[InjectError] | type[SetState] | type[BadSector]] = {
     "set-state": SetState,
     "bad-sector": BadSector,
 }
-_CLASS_NAMES = {kind: cls.__name__ for kind, cls in RULE_KINDS.items()}
-_KIND_OF_CLASS = {name: kind for kind, name in _CLASS_NAMES.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -583,7 +434,7 @@ def make_rule(kind: str, attrs: dict[str, Any], *, where: str = "") -> Rule:
         raise RuleError(f"{prefix}{kind}: {reason}", kind=kind, attribute=unknown[0], reason=reason)
     try:
         for key, value in attrs.items():  # each value first: its error beats "missing ..."
-            _check(kind, schema[key], value)
+            check(kind, schema[key], value)
     except RuleError as exc:
         if not prefix:
             raise
@@ -622,9 +473,13 @@ def rule_name(rule: Rule, position: int) -> str:
 
 
 def marker_help(kind: str) -> str:
-    """The ``pytest --markers`` line for a rule marker, from the schema."""
+    """The ``pytest --markers`` line for a rule marker, from the schema: the
+    attribute names, then each one's values, default and meaning."""
     attrs = [a for a in SCHEMA[kind] if not a.required]
-    listed = ", ".join(f"{a.name}={a.shown_default()}" for a in attrs)
+    names = ", ".join(a.name for a in attrs)
+    details = "; ".join(
+        f"{a.name}: {a.help} ({a.allowed()}, default {a.shown_default()})" for a in attrs
+    )
     if kind == "inject-error":
         head = "inject_error(event, **attrs): an inject-error rule for this test's blkdebug disks"
     elif kind == "set-state":
@@ -632,9 +487,8 @@ def marker_help(kind: str) -> str:
             "set_state(event, new_state, **attrs): a set-state rule for this test's blkdebug disks"
         )
     else:
-        head = f"{kind.replace('-', '_')}(**attrs): a {kind} rule"
-    names = ", ".join(a.name for a in attrs)
-    return f"{head} (attrs: {names}). Defaults: {listed}. See docs/rule-files.md."
+        head = f"{kind.replace('-', '_')}(**attrs): a {kind} rule for this test's blkdebug disks"
+    return f"{head} (attrs: {names}). {details}. See docs/rule-files.md."
 
 
 def attribute_help(kind: str) -> list[tuple[str, str, str, str, str]]:
@@ -643,7 +497,3 @@ def attribute_help(kind: str) -> list[tuple[str, str, str, str, str]]:
         (a.name, a.allowed(), a.shown_default(), a.ini or "not in ini", a.help)
         for a in SCHEMA[kind]
     ]
-
-
-def strerror(code: int) -> str:
-    return os.strerror(code)

@@ -22,7 +22,7 @@ import pytest
 
 from ..core.errors import RuleError
 from ..core.events import EventRegistry, register_events
-from ..core.rules import Rule, make_rule
+from ..core.rules import Rule, make_rule, marker_help, rule_name
 from ..core.sizes import parse_size
 from .options import DEFAULT_WAIT_TIMEOUT, Settings
 
@@ -46,16 +46,8 @@ BLKDEBUG_MARKER_ARGS = ("size", "events", "template", "strict", "name", "rules",
 
 def add_marker_help(config: pytest.Config) -> None:
     """Register the markers (``pytest --markers``; no warning under ``--strict-markers``)."""
-    config.addinivalue_line(
-        "markers",
-        "inject_error(event, **attrs): an inject-error rule for this test's blkdebug disks "
-        "(attrs: errno, sector, once, immediately, iotype, state, name).",
-    )
-    config.addinivalue_line(
-        "markers",
-        "set_state(event, new_state, **attrs): a set-state rule for this test's blkdebug "
-        "disks (attrs: state, name).",
-    )
+    config.addinivalue_line("markers", marker_help("inject-error"))  # from the rule schema
+    config.addinivalue_line("markers", marker_help("set-state"))
     config.addinivalue_line(
         "markers",
         "blkdebug_rules(*paths): rule files (QEMU ini or TOML) for this test's blkdebug "
@@ -274,7 +266,7 @@ def _marker_rule(mark: pytest.Mark, text: str, registry: EventRegistry) -> Rule:
 def _check_names(plan: Plan) -> None:
     seen: dict[str, str] = {}
     for position, (rule, source) in enumerate(zip(plan.rules, plan.sources, strict=False)):
-        name = rule.name or f"{rule.kind}#{position + 1}"
+        name = rule_name(rule, position)
         if name in seen:
             raise MarkerError(f"duplicate rule name {name!r}: from {seen[name]} and from {source}")
         seen[name] = source

@@ -1,0 +1,170 @@
+"""Issue 12, the rules' part: special files, huge numbers, quadratic paths,
+hints after QEMU's errors, and what a breakpoint timeout says.
+
+The scaling tests use sizes where the old quadratic code took seconds to
+minutes and the linear code takes a fraction of a second; their time bounds
+are generous (a loaded 2-core machine passes them) yet far below the old
+figures (BENCHMARKS.md has both).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_blkdebug import Disk, InjectError
+from pytest_blkdebug.core.errors import BreakpointTimeout, RuleFileError
+from pytest_blkdebug.core.events import EventRegistry
+from pytest_blkdebug.report import format_report
+from pytest_blkdebug.rulefiles import load_rules, loads_ini, loads_toml
+from pytest_blkdebug.rulefiles.loader import MAX_RULE_FILE_SIZE
+
+# -- item 5: special and huge files ------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".ini", ".toml"])
+def test_fifo_is_refused_not_waited_on(tmp_path: Path, suffix: str) -> None:
+    fifo = tmp_path / f"rules{suffix}"
+    os.mkfifo(fifo)
+    result: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_rules(fifo)
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():  # unblock the reader so the thread ends, then fail
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        pytest.fail("load_rules blocked on a FIFO")
+    assert isinstance(result[0], RuleFileError)
+    assert "not a regular file (a FIFO)" in str(result[0])
+
+
+@pytest.mark.parametrize("suffix", [".ini", ".toml"])
+def test_device_link_is_refused(tmp_path: Path, suffix: str) -> None:
+    link = tmp_path / f"zero{suffix}"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(RuleFileError, match="not a regular file \\(a character device\\)"):
+        load_rules(link)
+
+
+def test_huge_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    with open(path, "wb") as f:
+        f.truncate(MAX_RULE_FILE_SIZE + 1)  # sparse: costs no disk
+    with pytest.raises(RuleFileError, match="larger than 16 MiB"):
+        load_rules(path)
+
+
+# -- items 9, 10, 11: linear paths --------------------------------------------------
+
+
+def timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def test_toml_inline_array_of_3000_rules_is_linear() -> None:
+    """Item 9: was 24 s in the line-number lookup."""
+    text = "inject-error = [\n" + "".join(
+        f'  {{event = "read_aio", sector = {i}, name = "r{i}"}},\n' for i in range(3000)
+    )
+    text += "]\n"
+    assert timed(lambda: loads_toml(text)) < 3.0
+    bad = text.replace("sector = 2999,", 'sector = "x",')
+    with pytest.raises(RuleFileError) as info:
+        loads_toml(bad)
+    assert info.value.line == 3001 and info.value.attribute == "sector"
+
+
+def test_16000_custom_events_register_in_linear_time() -> None:
+    """Item 10: the registry kept names in a list (5 s)."""
+    names = [f"event_{i}" for i in range(16_000)]
+    elapsed = timed(lambda: EventRegistry(names))
+    registry = EventRegistry(names)
+    assert registry.custom == tuple(names) and "event_15999" in registry
+    assert elapsed < 1.0
+
+
+def test_20000_rules_on_one_event_list_and_report_in_linear_time(tmp_path: Path) -> None:
+    """Item 11: disk.rules, disk.rule(name) and the report (was 4 s; 100,000: 186 s)."""
+    rules = [InjectError("read_aio", sector=2 * i + 1, name=f"r{i}") for i in range(20_000)]
+    disk = Disk.create(tmp_path / "d.img", "64M", rules=rules)
+    disk.read(0, 512)  # arms all 20,000
+    start = time.perf_counter()
+    statuses = disk.rules
+    assert len(statuses) == 20_000 and all(s.armed == 1 for s in statuses)
+    assert all(disk.rule(f"r{i}").armed == 1 for i in range(0, 20_000, 7))
+    assert "r19999" in format_report(disk)
+    assert time.perf_counter() - start < 5.0
+    disk.close()
+
+
+# -- item 16: huge TOML integers ------------------------------------------------------
+
+
+def test_toml_integer_beyond_4300_digits_names_the_file() -> None:
+    text = '[[inject-error]]\nevent = "read_aio"\nsector = ' + "9" * 5000 + "\n"
+    with pytest.raises(RuleFileError) as info:
+        loads_toml(text, path="huge.toml")
+    assert info.value.path == "huge.toml" and info.value.line == 3
+    assert "number too large" in info.value.message
+
+
+# -- item 24: hints after QEMU's text -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "hint"),
+    [
+        ('[inject-error]\nevent = "wirte_aio"\n', "invalid parameter value: wirte_aio",
+         "did you mean 'write_aio'"),
+        ('[inject-error]\nevent="write_aio"\n', "Invalid parameter 'event=\"write_aio\"'",
+         "with spaces around '='"),
+        ('[inject-error]\nevent = "read_aio"\nevnet = "x"\n', "Invalid parameter 'evnet'",
+         "did you mean 'event'?"),
+        ('[inject-error]\nevent = "read_aio"\nafter = "2"\n', "Invalid parameter 'after'",
+         "pytest-blkdebug extension"),
+        ('[inject-error]\nevent = "read_aio"\niotype = "wrte"\n',
+         "invalid parameter value: wrte", "did you mean 'write'"),
+    ],
+)  # fmt: skip
+def test_ini_errors_keep_qemus_text_and_add_a_hint(text: str, message: str, hint: str) -> None:
+    with pytest.raises(RuleFileError) as info:
+        loads_ini(text, path="r.ini")
+    err = info.value
+    assert err.message == message  # QEMU's own text, untouched
+    assert str(err).endswith(message)  # and so is str(): blkdebug-io prints what qemu-io does
+    assert err.hint is not None and hint in err.hint
+    assert any(hint in note for note in getattr(err, "__notes__", [hint]))
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.message, copy.hint, copy.line) == (err.message, err.hint, err.line)
+
+
+# -- item 28: a breakpoint timeout names what is suspended -----------------------------
+
+
+def test_wait_break_timeout_names_the_suspended_tags(tmp_path: Path) -> None:
+    disk = Disk.create(tmp_path / "b.img", 4096)
+    disk.break_on("write_aio", "A")
+    writer = threading.Thread(target=disk.write, args=(0, b"x"))
+    writer.start()
+    disk.wait_break("A")
+    with pytest.raises(BreakpointTimeout) as info:
+        disk.wait_break("B", timeout=0.05)
+    text = str(info.value)
+    assert "suspended now: 'A' (write at write_aio)" in text
+    disk.resume("A")
+    writer.join(5)
+    disk.close()
