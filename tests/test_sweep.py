@@ -275,7 +275,6 @@ def test_it(blkdebug_sweep):
 
 
 def test_split_spreads_the_points_over_workers(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("pytest_blkdebug.plugin.split")
     pytest.importorskip("xdist")
     pytester.makepyfile(
         test_sweep_example=WORKLOAD
@@ -287,7 +286,7 @@ def test_it(blkdebug_sweep, blkdebug_split):
     result = blkdebug_sweep.run(workload, iotype="write")
     record = {"worker": os.environ.get("PYTEST_XDIST_WORKER"), "runs": result.runs,
               "requests": {n: str(r) for n, r in result.requests.items()}}
-    with open(f"part{blkdebug_split.index}.json", "w") as f:
+    with open(f"part{blkdebug_split[0]}.json", "w") as f:
         json.dump(record, f)
 """
     )

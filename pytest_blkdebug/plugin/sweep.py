@@ -25,7 +25,6 @@ module): its option, its fixture and its report hook.
 from __future__ import annotations
 
 import errno as errno_module
-import importlib
 import os
 import shutil
 import threading
@@ -45,6 +44,7 @@ from ..core.errors import InjectedError, RuleError
 from ..core.events import IOTYPES, EventRegistry
 from ..core.rules import InjectError, errno_name
 from ..report import format_report
+from .split import split_part
 
 if TYPE_CHECKING:
     from . import DiskFactory
@@ -496,13 +496,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _split_part(item: pytest.Item) -> tuple[int, int] | None:
-    """(index, K) of a ``blkdebug_split(K)`` item (plugin/split.py), else None."""
-    try:
-        split = importlib.import_module(f"{__package__}.split")
-    except ImportError:  # the split plugin is not installed
-        return None
-    part = split.split_part(item)
-    return None if part is None else (int(part.index), int(part.count))
+    """(i, K) of a ``blkdebug_split(K)`` item, else None."""
+    part = split_part(item)
+    return None if part is None else (part[0], part[1])
 
 
 @pytest.fixture
