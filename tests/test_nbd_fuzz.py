@@ -29,10 +29,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from nbd_client import NBDClient, meta_query
 
 import pytest_blkdebug as bd
 from pytest_blkdebug.nbd import protocol as P
-from pytest_blkdebug.nbd.protocol import NBDClient, ProtocolError
+from pytest_blkdebug.nbd.protocol import ProtocolError
 
 SIZE = 1 << 20
 SETTINGS = settings(
@@ -95,8 +96,8 @@ def _opt(option: int, data: bytes = b"") -> bytes:
 _HANDSHAKE_PARTS = [
     _opt(P.OPT_STRUCTURED_REPLY),
     _opt(P.OPT_LIST),
-    _opt(P.OPT_SET_META_CONTEXT, P.meta_query("", [P.BASE_ALLOCATION])),
-    _opt(P.OPT_LIST_META_CONTEXT, P.meta_query("", ["base:"])),
+    _opt(P.OPT_SET_META_CONTEXT, meta_query("", [P.BASE_ALLOCATION])),
+    _opt(P.OPT_LIST_META_CONTEXT, meta_query("", ["base:"])),
     _opt(P.OPT_INFO, struct.pack(">IHH", 0, 1, P.INFO_BLOCK_SIZE)),
     _opt(P.OPT_STARTTLS),
     _opt(P.OPT_ABORT),

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..nbd.server import DEFAULT_MAX_CONNECTIONS, NBDExport
+from .backend import DiskBackend
 from .engine import Engine, Hold, RuleStatus, RuleView, StateChange, TraceEntry
 from .errors import BreakpointTimeout, InjectedError
 from .events import BLOCK_STATUS, DISCARD, FLUSH, READ, WRITE, WRITE_ZEROES, EventRegistry
@@ -25,7 +27,6 @@ from .rules import Rule
 from .sizes import parse_size
 
 if TYPE_CHECKING:
-    from ..nbd.server import NBDExport
     from .aio import AsyncDisk
     from .crash import Recording
 
@@ -506,11 +507,36 @@ class Disk:
         """An ``io.RawIOBase`` over the disk, for code that wants a file."""
         return DiskFile(self)
 
-    def serve_nbd(self, **kwargs: object) -> NBDExport:
-        """Export this disk over NBD (see ``nbd.NBDExport``)."""
-        from ..nbd.server import NBDExport
+    def serve_nbd(
+        self,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        tcp: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        name: str = "",
+        readonly: bool = False,
+        description: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        handshake_timeout: float = 30.0,
+    ) -> NBDExport:
+        """Export this disk over NBD until the export is closed (docs/nbd.md).
 
-        return NBDExport(self, **kwargs)  # type: ignore[arg-type]
+        The NBD server sits below the core and serves any backend; this
+        disk is served through ``core.backend.DiskBackend``.
+        """
+        return NBDExport(
+            DiskBackend(self),
+            socket_path=socket_path,
+            tcp=tcp,
+            host=host,
+            port=port,
+            name=name,
+            readonly=readonly,
+            description=description,
+            max_connections=max_connections,
+            handshake_timeout=handshake_timeout,
+        )
 
     def fileno(self) -> int:
         """The image's descriptor, for reading it behind the engine's back."""

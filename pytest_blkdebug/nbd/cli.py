@@ -1,28 +1,31 @@
 """The ``blkdebug-nbd`` command: serve an image over NBD with blkdebug rules
-applied, like ``qemu-nbd``, until SIGINT/SIGTERM, then print the final state
-and every rule's counters.
+applied, like ``qemu-nbd``, until SIGINT/SIGTERM, then print the engine's
+report (``report.format_report``: final state, history, every rule's
+counters, the trace).
 
-Kept apart from ``nbd.py`` (the server: ``NBDExport`` and its connections) so
-that the command line -- its arguments, the signal handling that ends it, the
-counters table it prints -- is found in one short file, and the server module
-is only the server. ``docs/nbd.md`` shows the command in use. The console
-script is ``pytest_blkdebug.nbd:main``, a thin forwarder to ``main`` here
-(``python -m pytest_blkdebug.nbd`` and ``python -m pytest_blkdebug.nbd_cli``
-both work too).
+Layering: unlike the rest of ``nbd``, which sits below ``core``, this module
+is of the layer above ``core``, ``rulefiles`` and ``report`` (beside
+``qemuio.cli``): it opens a ``Disk``, loads rule files and prints a report.
+Nothing in the package imports it; the console script
+(``pytest_blkdebug.nbd.cli:main``) and ``python -m pytest_blkdebug.nbd`` do.
+``docs/nbd.md`` shows the command in use.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 
 from ..core.disk import Disk
 from ..core.engine import Engine
-from .server import NBDExport
+from ..core.events import EventRegistry
+from ..report import format_report
+from ..rulefiles import load_rules
+from .server import DEFAULT_MAX_CONNECTIONS
 
 __all__ = ["main"]
 
@@ -35,48 +38,19 @@ def _parse_tcp(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _is_loopback(host: str) -> bool:
-    """Whether only this machine can reach ``host`` (else main() warns)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _report(disk: Disk) -> str:
-    """The final state and a table of every rule's counters, printed at exit."""
-    rows = [("rule", "kind", "event", "armed", "hits", "consumed")]
-    rows += [
-        (r.name, r.kind, r.event, str(r.armed), str(r.hits), "yes" if r.consumed else "no")
-        for r in disk.rules
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    lines = [f"final state: {disk.state}"]
-    if len(rows) == 1:
-        lines.append("rules: none")
-    else:
-        for row in rows:
-            lines.append(
-                "  ".join(
-                    cell.ljust(w) if i < 3 else cell.rjust(w) if i < 5 else cell
-                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-                ).rstrip()
-            )
-    return "\n".join(lines)
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"wants a whole number >= 1, not {value!r}")
+    return int(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``blkdebug-nbd``: serve an image over NBD with blkdebug rules applied."""
-    from ..core.events import EventRegistry
-    from ..rulefiles import load_rules
-
     parser = argparse.ArgumentParser(
         prog="blkdebug-nbd",
         description="Serve IMAGE over NBD with blkdebug rules applied (like qemu-nbd). "
         "Prints the NBD URI on its first line, serves until SIGINT/SIGTERM, "
-        "then prints the final state and every rule's counters.",
+        "then prints the report: final state, history, every rule's counters.",
     )
     parser.add_argument("image", metavar="IMAGE", help="raw image file to serve")
     parser.add_argument(
@@ -107,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--name", default="", help="export name (default: empty)")
     parser.add_argument("--readonly", action="store_true", help="refuse writes (EPERM)")
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"clients served at once (default {DEFAULT_MAX_CONNECTIONS}); when all are "
+        "taken, the longest-running handshake gives way to a newcomer",
+    )
     parser.add_argument(
         "--durable",
         action="store_true",
@@ -139,17 +121,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            if args.tcp is not None:
-                host, port = args.tcp
-                if not _is_loopback(host):
-                    print(
-                        f"blkdebug-nbd: warning: listening on {host}, beyond loopback: anyone "
-                        f"who can reach it can read and write {args.image}",
-                        file=sys.stderr,
-                    )
-                export = NBDExport(disk, tcp=True, host=host, port=port, name=args.name)
-            else:
-                export = NBDExport(disk, socket_path=args.socket, name=args.name)
+            tcp = args.tcp is not None
+            host, port = args.tcp if tcp else ("127.0.0.1", 0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                export = disk.serve_nbd(
+                    socket_path=args.socket,
+                    tcp=tcp,
+                    host=host,
+                    port=port,
+                    name=args.name,
+                    max_connections=args.max_connections,
+                )
+            for warning in caught:  # beyond loopback: say so where the user looks
+                print(f"blkdebug-nbd: warning: {warning.message}", file=sys.stderr)
         except (OSError, ValueError) as exc:
             print(f"blkdebug-nbd: {exc}", file=sys.stderr)
             disk.close()
@@ -158,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stop.wait(0.5):
             pass
         export.close()
-        print(_report(disk), flush=True)
+        print(format_report(disk), flush=True)
         disk.close()
     finally:
         for sig, handler in previous.items():
