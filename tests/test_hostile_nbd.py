@@ -106,7 +106,7 @@ def test_slow_clients_and_a_flood_do_not_lock_a_normal_client_out(disk: bd.Disk)
     """N slow clients hold every slot; a flood keeps opening more; a normal
     client still gets in at once (before the fix it never did: each
     received byte restarted the timeout)."""
-    slots, timeout = 8, 1.5
+    slots, timeout = 16, 2.0
     with disk.serve_nbd(max_connections=slots, handshake_timeout=timeout) as export:
         assert export.socket is not None
         slow = Trickler(export.socket, 0.2)
@@ -123,9 +123,9 @@ def test_slow_clients_and_a_flood_do_not_lock_a_normal_client_out(disk: bd.Disk)
             flooding = threading.Event()
 
             def flood_loop() -> None:
-                for _ in range(150):  # ~300 connections a second
+                for _ in range(100):  # ~100 connections a second
                     flood.connect()
-                    if flooding.wait(0.003):
+                    if flooding.wait(0.01):
                         return
 
             flooder = threading.Thread(target=flood_loop, daemon=True)
@@ -136,10 +136,12 @@ def test_slow_clients_and_a_flood_do_not_lock_a_normal_client_out(disk: bd.Disk)
             finally:
                 flooding.set()
                 flooder.join(5)
+            # Sooner than any slot frees by the deadline alone: the newcomer
+            # took the slot of the longest handshake.
             assert took < timeout, f"a normal client waited {took:.2f} s"
-            # And no slow client outlives the deadline for its whole negotiation.
+            # And no client outlives the deadline of its whole negotiation.
             time.sleep(timeout + 0.5)
-            assert export.connections <= slots
+            assert export.connections == 0
         finally:
             slow.close()
             flood.close()

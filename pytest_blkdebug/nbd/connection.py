@@ -165,6 +165,7 @@ class Connection:
                 closing=lambda: export.closed,
                 meta_id=META_ID,
                 deadline=_now() + export.handshake_timeout,
+                entering=lambda: export._negotiated(self),
             )
             entered = negotiation.run()
             self.structured = negotiation.structured
@@ -175,7 +176,7 @@ class Connection:
         except Exception:  # a bug: log it, drop this client, keep serving others
             log.exception("nbd: handshake failed")
             entered = False
-        export._negotiated(self)
+        export._negotiated(self)  # (again, if it entered: harmless)
         if not entered:
             self._end_reading()
             return

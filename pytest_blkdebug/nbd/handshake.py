@@ -77,7 +77,9 @@ class Negotiation:
     ``flags(structured)`` gives the transmission flags (they depend on whether
     structured replies were negotiated); ``closing()`` says the server is
     shutting down; ``deadline`` (a ``time.monotonic()`` value) is when the
-    whole negotiation must be over. After ``run()`` returned True the client
+    whole negotiation must be over; ``entering()`` is called just before the
+    reply that starts transmission (so the server stops counting the client
+    as negotiating before the client can know it is in). After ``run()`` returned True the client
     is in transmission and ``structured``/``meta`` say what it negotiated.
     """
 
@@ -92,9 +94,11 @@ class Negotiation:
         closing: Callable[[], bool],
         meta_id: int = 1,
         deadline: float,
+        entering: Callable[[], None] = lambda: None,
     ) -> None:
         self.sock = sock
         self.deadline = deadline
+        self.entering = entering
         self.name = name
         self.size = size
         self.description = description
@@ -184,6 +188,7 @@ class Negotiation:
             if not self.known(decode_string(data, "export name", fatal=True)):
                 return False  # cannot refuse with a message: the protocol says close
             reply = EXPORT_NAME_REPLY.pack(self.size, self.flags(self.structured))
+            self.entering()
             self.send(reply if self.no_zeroes else reply + bytes(124))
             return True
         if option == OPT_ABORT:
@@ -241,6 +246,8 @@ class Negotiation:
             elif kind == INFO_BLOCK_SIZE:
                 block = INFO_BLOCK_SIZE_DATA.pack(kind, 1, 4096, MAX_PAYLOAD)
                 self.reply(option, REP_INFO, block)
+        if option == OPT_GO:
+            self.entering()
         self.reply(option, REP_ACK)
 
     def meta_context(self, option: int, data: bytes) -> None:
