@@ -520,3 +520,23 @@ def test_events_registers_custom_events_for_an_ini_file_and_break(image: Path) -
     assert no_stats(out)[0] == "read 512/512 bytes at offset 0"  # nothing raised journal_commit
     bad = run(["--events", "bad name", "-c", "length", "img.raw"])
     assert bad[0] == 1 and bad[2].startswith("blkdebug-io: --events: invalid event name 'bad name'")
+
+
+def test_an_interrupted_script_closes_the_image_without_running_held_requests(
+    image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a request is suspended: the request is dropped, not run
+    on by the closing disk (no 'Resuming' line, no write, no traceback from
+    inside the close)."""
+    from pytest_blkdebug.qemuio import session
+
+    def interrupted(self: session.Session, spec: object, argv: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session.Session, "cmd_length", interrupted)
+    out = io.StringIO()
+    commands = ["break pwritev A", "aio_write -P 7 0 512", "length"]
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([*(a for c in commands for a in ("-c", c)), "blkdebug::img.raw"], stdout=out)
+    assert out.getvalue() == "blkdebug: Suspended request 'A'\n"
+    assert image.read_bytes()[:512] == bytes(512)

@@ -67,7 +67,10 @@ class Session:
         disk.engine.add_observer(self._observer)
 
     def detach(self) -> None:
-        """Stop printing breakpoint lines (closing the disk may resume requests)."""
+        """Drop what is still in flight (the script was interrupted) and stop
+        printing breakpoint lines, before the disk closes: closing must not
+        run a request on."""
+        self.loop.cancel()
         self.disk.engine.remove_observer(self._observer)
         if self._aio_loop is not None:
             self._aio_loop.close()
