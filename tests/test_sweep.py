@@ -306,3 +306,55 @@ def test_it(blkdebug_sweep, blkdebug_split):
     rerun.assert_outcomes(passed=2)
     assert json.loads((pytester.path / "part1.json").read_text())["runs"] == [2]
     assert json.loads((pytester.path / "part0.json").read_text())["runs"] == []
+
+
+def test_crash_mode_checks_each_image_a_power_loss_at_n_leaves(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+def test_it(blkdebug_sweep):
+    def body(disk):
+        disk.write(0, b"A" * 512)
+        disk.flush()
+        disk.write(512, b"B" * 512)  # never flushed
+
+    seen = {}
+    def check(disk, outcome):
+        image = (disk.read(0, 1) + disk.read(512, 1)).replace(bytes(1), b"-").decode()
+        seen.setdefault(outcome.n, set()).add(image)
+        assert (outcome.crash is None) == (not outcome.hit)
+
+    result = blkdebug_sweep.run(body, check=check, iotype=["write", "flush"], mode="crash")
+    assert result.points == 3
+    # N=1: nothing reached the disk; N=2: the write may or may not have;
+    # N=3: the flushed write is durable, the unflushed one lost; N=4: no crash
+    assert seen == {1: {"--"}, 2: {"--", "A-"}, 3: {"A-"}, 4: {"AB"}}
+""",
+    )
+    assert outcomes(result) == {"passed": 1, "subtests passed": 4}
+
+
+def test_crash_mode_failure_shows_the_crash_state(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+def test_it(blkdebug_sweep):
+    def body(disk):
+        disk.write(0, b"A" * 512)
+        disk.flush()
+
+    def check(disk, outcome):
+        assert disk.read(0, 1) == b"A", "the write was lost"
+
+    blkdebug_sweep.run(body, check=check, mode="crash")
+""",
+    )
+    assert outcomes(result) == {"failed": 3, "subtests passed": 1}
+    result.stdout.fnmatch_lines(
+        [
+            "*SweepFailure: N=1: power lost at write of 512 bytes at offset 0, crash state e0-none;"
+            " body raised it; check failed: AssertionError: the write was lost*",
+            "*- blkdebug sweep N=1 -*",
+            "crash state e0-none: power lost at #1 end of the recording",
+        ]
+    )

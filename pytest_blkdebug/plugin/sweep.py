@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import pytest
 
+from ..core.crash import Recording
+from ..core.crashstates import Crash
 from ..core.decision import Decision
 from ..core.disk import Disk, create_image
 from ..core.engine import Engine
@@ -73,6 +75,13 @@ _POINT = pytest.StashKey["_Point | None"]()
 
 Body = Callable[[Disk], object]
 Prep = Callable[[Disk], object]
+Check = Callable[[Disk, "SweepOutcome"], object]
+#: ``mode=``: fail the Nth request, or lose power there.
+MODES = ("error", "crash")
+#: ``crash_states=``: which crash images of a point ``check`` sees.
+CRASH_STATES = ("edges", "all")
+#: The sweep's image, in each point's directory.
+IMAGE = "disk.img"
 
 
 # ---------------------------------------------------------------------------
@@ -103,6 +112,7 @@ class SweepOutcome:
     run without a fault, the sweep's last). ``request``: the first request it
     failed; ``failed`` all of them (more than one only with ``persist``).
     ``error``: what ``body`` raised (None: it returned ``value``).
+    In crash mode, ``crash`` is the crash state whose image ``check`` has.
     """
 
     n: int
@@ -111,6 +121,9 @@ class SweepOutcome:
     failed: list[SweepRequest]
     error: BaseException | None
     value: object = None
+    #: Crash mode: the crash state ``check`` is looking at, and how many the point has.
+    crash: Crash | None = None
+    crashes: int = 0
 
     @property
     def raised(self) -> bool:
@@ -158,46 +171,29 @@ class SweepFailure(AssertionError):
 # ---------------------------------------------------------------------------
 
 
-def _native_after() -> bool:
-    return "after" in InjectError.__dataclass_fields__
-
-
 class _PointEngine(Engine):
-    """An engine that records which requests the sweep's rule failed.
+    """The engine of one point: records the requests the sweep's rule
+    failed (its ``after=N-1`` lets the first N-1 through), and is disarmed
+    once ``body`` is over so that ``check`` sees no fault."""
 
-    With ``InjectError(after=, count=)`` the rule itself skips the first N-1
-    matching requests; without them (older engines) this class counts the
-    matching requests and lets all but the chosen ones through.
-    """
-
-    def __init__(
-        self, rule: InjectError | None, registry: EventRegistry, n: int, persist: bool, count: bool
-    ) -> None:
-        super().__init__([] if rule is None else [rule], registry=registry)
+    def __init__(self, rule: InjectError | None, registry: EventRegistry, seed: int) -> None:
+        super().__init__([] if rule is None else [rule], registry=registry, seed=seed)
         self.sweep_rule = rule
-        self._n = n
-        self._persist = persist
-        self._count = count
-        self._seen = 0
         self._sweep_lock = threading.Lock()
         self.failed: list[SweepRequest] = []
-        #: Set once ``body`` is over: ``check`` reads and writes without faults.
         self.disarmed = False
+        #: Crash mode: the recording the fault stops (the power is lost there).
+        self.recording: Recording | None = None
 
     def decide(self, iotype: int, offset: int, length: int) -> Decision | None:
         if self.disarmed:
             return None
         decision = super().decide(iotype, offset, length)
-        if decision is None or decision.rule != RULE_NAME:
-            return decision
-        with self._sweep_lock:
-            if self._count:
-                self._seen += 1
-                if self._seen < self._n or (self._seen > self._n and not self._persist):
-                    return None
-            elif not _effective(decision):
-                return decision  # one the rule lets through (after=)
-            self.failed.append(SweepRequest(IOTYPES[iotype], offset, length))
+        if decision is not None and decision.rule == RULE_NAME and _effective(decision):
+            with self._sweep_lock:
+                if self.recording is not None:  # before the request stores anything
+                    self.recording.stop()
+                self.failed.append(SweepRequest(IOTYPES[iotype], offset, length))
         return decision
 
 
@@ -218,6 +214,23 @@ class _Point:
 
     n: int
     disk: Disk
+    crash: Crash | None = None
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One ``run()``: everything its points share."""
+
+    base: Path
+    template: Path
+    registry: EventRegistry
+    rule: dict[str, Any]
+    persist: bool
+    body: Body
+    check: Check | None
+    seed: int
+    mode: str
+    crash_states: str
 
 
 class Sweep:
@@ -237,7 +250,7 @@ class Sweep:
         self.subtests = subtests
         self.tmp_path = tmp_path
         self.only = only
-        #: (index, K): this item runs N = index + 1, index + 1 + K, ...
+        #: (i, K): this item runs N = i + 1, i + 1 + K, ...
         self.part = part
         self._runs = 0
         self._collected: list[Exception] = []
@@ -247,9 +260,12 @@ class Sweep:
         body: Body,
         *,
         prep: Prep | None = None,
-        check: Callable[[Disk, SweepOutcome], object] | None = None,
+        check: Check | None = None,
+        mode: str = "error",
+        crash_states: str = "edges",
         size: int | None = None,
         events: Iterable[str] = (),
+        seed: int | None = None,
         **rule: Any,
     ) -> SweepResult:
         """Run ``body`` once per N with the Nth matching request failing.
@@ -263,13 +279,33 @@ class Sweep:
         each point gets a copy of it, and of every file ``prep`` left in the
         disk's directory (``Path(disk.path).parent``). ``check(disk, outcome)``
         runs after ``body`` with the rule disarmed, so it reads and writes
-        without faults. ``size``: the image's size (default: the test's).
-        ``events``: custom event names to accept besides the test's. Under
-        ``--blkdebug-no-rules`` no fault is injected: the sweep runs once.
+        without faults.
+
+        ``mode="crash"``: the power fails at the Nth matching request instead
+        (it and everything after it never reach the disk; the request fails
+        so that ``body`` stops), and ``check`` runs on each crash image the
+        point can leave (``crash_states="edges"``: every volatile write lost,
+        and every one kept; ``"all"``: every state of the last flush epoch);
+        ``outcome.crash`` is the ``Crash``. ``size``: the image's size
+        (default: the test's). ``events``: custom event names besides the
+        test's. ``seed``: the points' engines' seed (default: the test's, or
+        0). Under ``--blkdebug-no-rules`` no fault is injected: the sweep runs
+        once.
         """
+        if mode not in MODES:
+            raise ValueError(
+                f"blkdebug_sweep: mode must be one of {', '.join(MODES)}, not {mode!r}"
+            )
+        if crash_states not in CRASH_STATES:
+            raise ValueError(
+                f"blkdebug_sweep: crash_states must be one of {', '.join(CRASH_STATES)}, "
+                f"not {crash_states!r}"
+            )
         persist = rule.pop("persist", False)
         if not isinstance(persist, bool):
             raise RuleError(f"blkdebug_sweep: persist must be True or False, not {persist!r}")
+        if persist and mode == "crash":
+            raise ValueError("blkdebug_sweep: persist means nothing in crash mode (power is lost)")
         rule.setdefault("event", "none")
         rule.setdefault("errno", errno_module.EIO)
         for reserved in ("name", "after", "count", "once"):
@@ -280,12 +316,14 @@ class Sweep:
         registry = EventRegistry((*self.factory.plan.events, *events))
         self._make_rule(rule, 1, persist)  # validate before any work
         registry.check(rule["event"])
+        if seed is None:
+            seed = getattr(self.factory, "seed", None) or 0
 
         self._runs += 1
         base = self.tmp_path / (f"sweep{self._runs}" if self._runs > 1 else "sweep")
         template = base / "template"
         template.mkdir(parents=True)
-        image = template / "disk.img"
+        image = template / IMAGE
         nbytes = size if size is not None else self._default_size()
         made = self.item.ihook.pytest_blkdebug_make_image(
             item=self.item, path=str(image), size=nbytes, template=self.factory.plan.template
@@ -296,6 +334,7 @@ class Sweep:
             with Disk(image, engine=Engine(registry=EventRegistry(registry.custom))) as disk:
                 prep(disk)
 
+        spec = _Spec(base, template, registry, rule, persist, body, check, seed, mode, crash_states)
         result = SweepResult()
         for n in self._schedule():
             if n > MAX_POINTS:
@@ -304,8 +343,7 @@ class Sweep:
                     "does the body ever finish?",
                     pytrace=False,
                 )
-            reached = self._point(n, base, template, registry, rule, persist, body, check, result)
-            if not reached:
+            if not self._point(n, spec, result):
                 break
         if self._collected:
             failures, self._collected = self._collected, []
@@ -314,70 +352,110 @@ class Sweep:
 
     # -- one point ------------------------------------------------------------
 
-    def _point(
-        self,
-        n: int,
-        base: Path,
-        template: Path,
-        registry: EventRegistry,
-        rule: dict[str, Any],
-        persist: bool,
-        body: Body,
-        check: Callable[[Disk, SweepOutcome], object] | None,
-        result: SweepResult,
-    ) -> bool:
+    def _point(self, n: int, spec: _Spec, result: SweepResult) -> bool:
+        """Run point N; whether it reached the fault."""
         __tracebackhide__ = True
-        where = base / f"N={n}"
-        _copy_tree(template, where)
-        count = not _native_after()
+        where = spec.base / f"N={n}"
+        _copy_tree(spec.template, where)
         no_rules = self.factory.session.settings.no_rules  # --blkdebug-no-rules: no fault
         engine = _PointEngine(
-            None if no_rules else self._make_rule(rule, n, persist, native=not count),
-            EventRegistry(registry.custom),
-            n,
-            persist,
-            count,
+            None if no_rules else self._make_rule(spec.rule, n, spec.persist),
+            EventRegistry(spec.registry.custom),
+            spec.seed,
         )
-        failed = False
+        failed = True  # until the checks pass
         reached = False
         with self._subtest(n):
-            disk = Disk(where / "disk.img", engine=engine)
+            disk = Disk(where / IMAGE, engine=engine)
             self.item.stash[_POINT] = _Point(n, disk)
+            recording = None
+            if spec.mode == "crash":
+                recording = engine.record(workdir=where / "crash").start()
+                engine.recording = recording
             try:
                 error: BaseException | None = None
                 value: object = None
                 try:
-                    value = body(disk)
+                    value = spec.body(disk)
                 except Exception as exc:
                     error = exc
                 engine.disarmed = True
+                if recording is not None:
+                    recording.stop()
                 reached = bool(engine.failed)
                 request = engine.failed[0] if reached else None
                 if request is not None:
                     result.requests[n] = request
                 result.runs.append(n)
                 outcome = SweepOutcome(n, reached, request, list(engine.failed), error, value)
-                failed = True  # until the checks pass
                 if not reached and error is not None:
                     raise SweepFailure(
                         f"N={n} (not reached: no fault was injected): body raised "
                         f"{_describe(error)}"
                     ) from error
-                if check is not None:
-                    try:
-                        check(disk, outcome)
-                    except Exception as exc:
-                        message = _failure_message(n, outcome, engine.sweep_rule, exc)
-                        raise SweepFailure(message) from exc
+                if recording is not None and reached:
+                    self._check_crashes(n, spec, where, recording, outcome, engine.sweep_rule)
+                elif spec.check is not None:
+                    self._check(n, spec.check, disk, outcome, engine.sweep_rule)
                 failed = False
             finally:
                 disk.close()
+                if recording is not None:
+                    recording.close()
         self.item.stash[_POINT] = None
         if failed:
             result.failures.append(n)
         else:
             shutil.rmtree(where, ignore_errors=True)  # keep only failed points' files
         return reached
+
+    def _check(
+        self,
+        n: int,
+        check: Check,
+        disk: Disk,
+        outcome: SweepOutcome,
+        rule: InjectError | None,
+    ) -> None:
+        __tracebackhide__ = True
+        try:
+            check(disk, outcome)
+        except Exception as exc:
+            raise SweepFailure(_failure_message(n, outcome, rule, exc)) from exc
+
+    def _check_crashes(
+        self,
+        n: int,
+        spec: _Spec,
+        where: Path,
+        recording: Recording,
+        outcome: SweepOutcome,
+        rule: InjectError | None,
+    ) -> None:
+        """Check each crash image the power loss at point N can leave."""
+        __tracebackhide__ = True
+        crashes = recording.crashes(seed=spec.seed)
+        # The power went at the end of the recording: the last epoch's states
+        # (some are listed under an earlier id that leaves the same images).
+        last = f"e{crashes.epochs - 1}-"
+        states = [c for c in crashes if any(i.startswith(last) for i in (c.id, *c.same_as))]
+        if spec.crash_states == "edges":
+            edges = {f"{last}none", f"{last}all"}
+            states = [c for c in states if edges & {c.id, *c.same_as}]
+        outcome.crashes = len(states)
+        for crash in states:
+            folder = where / crash.id
+            crash.restore(folder)
+            image = folder / IMAGE
+            if not image.exists():  # never written: the prepared image as it was
+                create_image(image, os.path.getsize(spec.template / IMAGE), spec.template / IMAGE)
+            engine = Engine(registry=EventRegistry(spec.registry.custom), seed=spec.seed)
+            with Disk(image, engine=engine) as disk:
+                outcome.crash = crash
+                self.item.stash[_POINT] = _Point(n, disk, crash)
+                if spec.check is not None:
+                    self._check(n, spec.check, disk, outcome, rule)
+            shutil.rmtree(folder, ignore_errors=True)
 
     @contextmanager
     def _subtest(self, n: int) -> Iterator[None]:
@@ -391,14 +469,10 @@ class Sweep:
         except Exception as exc:
             self._collected.append(exc)
 
-    def _make_rule(
-        self, rule: dict[str, Any], n: int, persist: bool, native: bool = False
-    ) -> InjectError:
-        attrs = dict(rule, name=RULE_NAME)
-        if native:
-            attrs["after"] = n - 1
-            if not persist:
-                attrs["count"] = 1
+    def _make_rule(self, rule: dict[str, Any], n: int, persist: bool) -> InjectError:
+        attrs = dict(rule, name=RULE_NAME, after=n - 1)
+        if not persist:
+            attrs["count"] = 1
         try:
             return InjectError(**attrs)
         except TypeError as exc:
@@ -460,6 +534,8 @@ def _failure_message(
 ) -> str:
     if outcome.request is None or rule is None:
         where = "not reached (no fault was injected)"
+    elif outcome.crash is not None:
+        where = f"power lost at {outcome.request}, crash state {outcome.crash.id}"
     else:
         more = f" and {len(outcome.failed) - 1} more" if len(outcome.failed) > 1 else ""
         where = f"{_fault(rule)} injected into {outcome.request}{more}"
@@ -534,4 +610,7 @@ def pytest_runtest_makereport(
         return
     report = outcome.get_result()
     if report.failed:
-        report.sections.append((f"{SECTION} N={point.n}", format_report(point.disk)))
+        text = format_report(point.disk)
+        if point.crash is not None:
+            text = f"{point.crash.describe()}\n{text}"
+        report.sections.append((f"{SECTION} N={point.n}", text))
