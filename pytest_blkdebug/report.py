@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TRACE_TAIL",
+    "format_bad_sectors",
     "format_history",
     "format_report",
     "format_rules",
@@ -69,11 +70,14 @@ RULE_HEADERS = ("name", "kind", "event", "conditions", "armed", "hits", "consume
 def rule_rows(rules: Iterable[RuleStatus]) -> list[tuple[str, ...]]:
     """One row of strings per rule, in definition order (see ``RULE_HEADERS``).
 
-    ``armed`` and ``consumed`` mean nothing for set-state rules and show ``-``.
+    ``armed`` means nothing for set-state and bad-sector rules, ``consumed``
+    and ``active`` nothing for set-state rules: they show ``-`` (a bad-sector
+    rule is active while a sector is bad, consumed once all are healed).
     """
     rows: list[tuple[str, ...]] = []
     for status in rules:
         inject = status.kind == "inject-error"
+        lasting = inject or status.kind == "bad-sector"
         rows.append(
             (
                 status.name,
@@ -82,11 +86,24 @@ def rule_rows(rules: Iterable[RuleStatus]) -> list[tuple[str, ...]]:
                 status.rule.describe(),
                 str(status.armed) if inject else "-",
                 str(status.hits),
-                ("yes" if status.consumed else "no") if inject else "-",
-                ("yes" if status.active else "no") if inject else "-",
+                ("yes" if status.consumed else "no") if lasting else "-",
+                ("yes" if status.active else "no") if lasting else "-",
             )
         )
     return rows
+
+
+def format_bad_sectors(target: Target) -> list[str]:
+    """``bad sectors still bad: 9-10 (dust)``, or nothing when none is left."""
+    runs = _engine(target).bad_sectors
+    if not runs:
+        return []
+    shown = ", ".join(
+        f"{first}-{first + count - 1} ({name})" if count > 1 else f"{first} ({name})"
+        for name, first, count in runs[:20]
+    )
+    more = f" and {len(runs) - 20} more runs" if len(runs) > 20 else ""
+    return [f"bad sectors still bad: {shown}{more}"]
 
 
 def format_rules(target: Target) -> list[str]:
@@ -176,6 +193,7 @@ def format_report(
         f"state: {engine.state}",
         f"history: {format_history(engine, history_tail)}",
         *format_rules(engine),
+        *format_bad_sectors(engine),
         *format_trace(engine, trace_tail),
     ]
     return "\n".join(lines)

@@ -292,3 +292,20 @@ def test_rule_view_is_live(tmp_path: Path) -> None:
     with pytest.raises(InjectedError):
         disk.read(0, 512)
     assert view.hits == 2 and frozen.hits == 1
+
+
+def test_report_lists_sectors_still_bad(tmp_path: Path) -> None:
+    from pytest_blkdebug.report import format_report
+
+    disk = Disk.create(tmp_path / "r.img", "1M", rules=[BadSector(8, sectors=3, name="dust")])
+    disk.write(4608, bytes(512))  # heals sector 9
+    text = format_report(disk)
+    assert "bad sectors still bad: 8 (dust), 10 (dust)" in text
+    row = next(line.split() for line in text.splitlines() if line.split()[:1] == ["dust"])
+    assert row == ["dust", "bad-sector", "none", "sector=8", "sectors=3", "errno=EIO"] + [
+        "-",
+        "0",
+        "no",
+        "yes",
+    ]
+    disk.close()
