@@ -1,6 +1,6 @@
 """The NBD export with real clients: qemu-io, qemu-img, nbdinfo, nbdcopy and
 the ``blkdebug-nbd`` command, plus protocol details checked byte by byte
-with the small client in ``nbd_protocol``.
+with the small client in ``tests/nbd_client.py``.
 
 Every check that can ask the image file or the engine does so: data written
 through the export is read back from the file itself, and the rule counters
