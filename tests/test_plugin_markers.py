@@ -32,7 +32,7 @@ def test_markers_are_registered_with_signatures(pytester: pytest.Pytester) -> No
             "@pytest.mark.set_state(event, new_state, [*][*]attrs):*",
             "@pytest.mark.blkdebug_rules([*]paths):*relative to the test file's directory*",
             "@pytest.mark.blkdebug(size=None, events=(), template=None, strict=None, name='disk', "
-            "rules=True, wait_timeout=None):*",
+            "rules=True, wait_timeout=None, hold_timeout=None):*",
         ]
     )
 
@@ -165,7 +165,7 @@ def test_blkdebug_rules_paths_relative_to_test_dir_then_rootdir(pytester: pytest
         (
             'blkdebug(sise="1M")',
             "*@pytest.mark.blkdebug(sise='1M')*unknown argument 'sise' (allowed: size, events, "
-            "template, strict, name, rules, wait_timeout)*",
+            "template, strict, name, rules, wait_timeout, hold_timeout)*",
         ),
         ('blkdebug("1M")', "*blkdebug('1M')*keyword arguments only*"),
         ('blkdebug(size="lots")', "*blkdebug(size='lots')*argument 'size': invalid size 'lots'*"),

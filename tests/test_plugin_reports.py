@@ -5,6 +5,7 @@ properties under pytest-xdist."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -65,7 +66,12 @@ def test_failure_shows_state_history_rules_and_trace(pytester: pytest.Pytester) 
             "*- blkdebug -*",
         ]
     )
-    assert squash(section_of(out, "blkdebug"))[1:] == [
+    section = squash(section_of(out, "blkdebug"))
+    # A failure's section ends with the test's seed and the session's.
+    assert re.fullmatch(
+        r"seed: \d+ \(from the session's (\d+): --blkdebug-seed=\1\)", section[-1]
+    ), section[-1]
+    assert section[1:-1] == [
         "state: 2",
         "history: 1 -> 2 (write_aio)",
         "rules (3):",
@@ -131,10 +137,20 @@ def test_report_all_and_none(pytester: pytest.Pytester) -> None:
 
 
 def junit_properties(path: Path) -> dict[str, dict[str, str]]:
+    """Each test's properties; the seed (random per run) and a failure's
+    report section (its paths differ per run) are checked here and left out."""
     tree = ET.parse(path)
     result = {}
     for case in tree.iter("testcase"):
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if props:
+            assert props.pop("blkdebug.seed").isdigit()
+        report = props.pop("blkdebug.report", None)
+        if case.get("name") == "test_fails":
+            assert report is not None and "\nstate: 2\nhistory: 1 -> 2 (write_aio)\n" in report
+            assert "by rule 'second-write'" in report and "\nseed: " in report
+        else:
+            assert report is None
         result[case.get("name")] = props
     return result
 
@@ -145,8 +161,17 @@ EXPECTED_PROPERTIES = {
         "blkdebug.rule.set-state#1.hits": "1",
         "blkdebug.rule.second-write.hits": "1",
         "blkdebug.rule.never-flushed.hits": "0",
+        "blkdebug.rule.second-write.armed": "1",
+        "blkdebug.rule.second-write.consumed": "0",
+        "blkdebug.rule.never-flushed.armed": "0",
+        "blkdebug.rule.never-flushed.consumed": "0",
     },
-    "test_passes": {"blkdebug.state": "1", "blkdebug.rule.bad-sector.hits": "1"},
+    "test_passes": {
+        "blkdebug.state": "1",
+        "blkdebug.rule.bad-sector.hits": "1",
+        "blkdebug.rule.bad-sector.armed": "2",
+        "blkdebug.rule.bad-sector.consumed": "1",
+    },
     "test_two_engines": {
         "blkdebug.state": "1",
         "blkdebug[journal].state": "1",

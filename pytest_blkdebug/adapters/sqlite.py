@@ -94,6 +94,7 @@ from ..core.engine import Engine
 from ..core.events import EventRegistry
 from ..core.events import register_events as _register_events
 from ..core.rules import Rule
+from ..harness import assemble_engine
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -234,16 +235,9 @@ class DiskVFS(apsw.VFS):
         name: str | None = None,
         temp_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(engine, Disk):
-            engine = engine.engine
-        if engine is None:
-            engine = Engine(events=events)
-        else:
-            for event in events:
-                engine.registry.register(event)
+        self.engine = engine = assemble_engine(engine, events=events)
         register_events(engine)
         engine.add_rules(rules)
-        self.engine = engine
         if capacity <= 0:
             raise ValueError(
                 f"DiskVFS: capacity must be a positive number of bytes, not {capacity}"

@@ -24,7 +24,8 @@ from ..core.errors import RuleError
 from ..core.events import EventRegistry, register_events
 from ..core.rules import Rule, make_rule, marker_help, rule_name
 from ..core.sizes import parse_size
-from .options import DEFAULT_WAIT_TIMEOUT, Settings
+from ..harness import DEFAULT_HOLD_TIMEOUT, DEFAULT_WAIT_TIMEOUT, check_timeout
+from .options import Settings
 
 __all__ = [
     "BLKDEBUG_MARKER_ARGS",
@@ -33,15 +34,26 @@ __all__ = [
     "MarkerError",
     "Plan",
     "PlanSession",
+    "BlkdebugMarkerWarning",
     "add_marker_help",
     "build_plan",
     "check_disk_name",
     "resolve_path",
+    "unapplied_markers",
 ]
 
 RULE_MARKERS = ("inject_error", "set_state", "blkdebug_rules")
 CONFIG_MARKER = "blkdebug"
-BLKDEBUG_MARKER_ARGS = ("size", "events", "template", "strict", "name", "rules", "wait_timeout")
+BLKDEBUG_MARKER_ARGS = (
+    "size",
+    "events",
+    "template",
+    "strict",
+    "name",
+    "rules",
+    "wait_timeout",
+    "hold_timeout",
+)
 
 
 def add_marker_help(config: pytest.Config) -> None:
@@ -56,8 +68,9 @@ def add_marker_help(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "blkdebug(size=None, events=(), template=None, strict=None, name='disk', rules=True, "
-        "wait_timeout=None): configure this test's blkdebug disk (rules=False: ignore the "
-        "blkdebug_rules option's files).",
+        "wait_timeout=None, hold_timeout=None): configure this test's blkdebug disk "
+        "(rules=False: ignore the blkdebug_rules option's files; hold_timeout: how long a "
+        "request may stay suspended at a breakpoint).",
     )
 
 
@@ -112,6 +125,21 @@ def _mark_text(mark: pytest.Mark, node: Any) -> str:
     return f"@pytest.mark.{mark.name}({', '.join(args)}) [{where}]"
 
 
+def unapplied_markers(item: pytest.Item, strict: bool) -> tuple[list[str], bool]:
+    """A test's markers of this plugin, as written, and whether it is strict
+    (``strict``: the session's setting): for a test that made no disk,
+    whose markers therefore did nothing."""
+    marks = _marks_as_written(item)
+    for mark, _node in marks:
+        if mark.name == CONFIG_MARKER and isinstance(mark.kwargs.get("strict"), bool):
+            strict = mark.kwargs["strict"]  # the nearest marker is the last one
+    return [_mark_text(m, node) for m, node in marks], strict
+
+
+class BlkdebugMarkerWarning(UserWarning):
+    """A blkdebug marker had no effect (the test made no blkdebug disk)."""
+
+
 class MarkerError(Exception):
     """A marker or option could not be turned into rules; fails the test at setup."""
 
@@ -128,6 +156,7 @@ class Plan:
     strict: bool = False
     name: str = "disk"
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    hold_timeout: float = DEFAULT_HOLD_TIMEOUT
     #: ``blkdebug(rules=False)``: skip the blkdebug_rules option's files.
     rule_files: bool = True
 
@@ -144,6 +173,8 @@ def resolve_path(value: object, item: pytest.Item, what: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+        if candidate.exists():  # a FIFO or a device would hang or never end
+            raise MarkerError(f"{what}: {candidate} is not a regular file")
     raise MarkerError(
         f"{what}: no such file {os.fspath(value)!r} (looked for "
         f"{' and '.join(str(c) for c in candidates)})"
@@ -173,7 +204,12 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
                 )
         options.update((k, (v, text)) for k, v in mark.kwargs.items())
     plan = Plan(
-        events=(), rules=[], sources=[], strict=settings.strict, wait_timeout=settings.wait_timeout
+        events=(),
+        rules=[],
+        sources=[],
+        strict=settings.strict,
+        wait_timeout=settings.wait_timeout,
+        hold_timeout=settings.hold_timeout,
     )
     marker_events: list[str] = []
     for key, (value, text) in options.items():
@@ -195,10 +231,13 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
             elif key == "name":
                 check_disk_name(value)
                 plan.name = value
-            elif key == "wait_timeout":
+            elif key in ("wait_timeout", "hold_timeout"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                     raise ValueError(f"must be a number of seconds > 0, not {value!r}")
-                plan.wait_timeout = float(value)
+                try:  # nan and inf: not numbers of seconds
+                    setattr(plan, key, check_timeout(value, f"argument {key!r}"))
+                except ValueError as exc:
+                    raise MarkerError(f"{text}: {exc}") from None
         except (ValueError, TypeError) as exc:
             raise MarkerError(f"{text}: argument {key!r}: {exc}") from None
     registry = EventRegistry(settings.events)

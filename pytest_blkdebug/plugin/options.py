@@ -12,6 +12,7 @@ calls ``Settings.from_config``.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +23,19 @@ import pytest
 from ..core.errors import RuleError
 from ..core.events import EventRegistry
 from ..core.sizes import parse_size
+from ..harness import DEFAULT_HOLD_TIMEOUT, DEFAULT_WAIT_TIMEOUT, check_timeout
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_HOLD_TIMEOUT",
     "DEFAULT_WAIT_TIMEOUT",
     "EVENTS_HELP",
+    "HOLD_TIMEOUT_HELP",
     "NO_RULES_HELP",
     "REPORT_HELP",
     "REPORT_MODES",
     "RULES_HELP",
+    "SEED_HELP",
     "SIZE_HELP",
     "STRICT_HELP",
     "Settings",
@@ -41,7 +46,7 @@ __all__ = [
 
 REPORT_MODES = ("failed", "all", "none")
 DEFAULT_IMAGE_SIZE = "64M"
-DEFAULT_WAIT_TIMEOUT = 5.0
+# The timeouts' defaults are the core's (harness re-exports them): one value each.
 
 # One help text per option, shared by the command-line flag and the ini key.
 RULES_HELP = (
@@ -64,6 +69,15 @@ STRICT_HELP = (
 )
 WAIT_TIMEOUT_HELP = (
     f"Default timeout in seconds of disk.wait_break() (default: {DEFAULT_WAIT_TIMEOUT:g})."
+)
+HOLD_TIMEOUT_HELP = (
+    "Longest time in seconds a request waits suspended at a breakpoint before it fails "
+    f"with BreakpointTimeout (default: {DEFAULT_HOLD_TIMEOUT:g})."
+)
+SEED_HELP = (
+    "Seed of the session's random choices (probability, delay_jitter, corrupt): each "
+    "test's seed is derived from it and the test's id, so a run is reproduced by passing "
+    "the seed its report header shows (default: a random seed per session)."
 )
 NO_RULES_HELP = (
     "Make the disks but load no rules at all (files, markers, factory rules): "
@@ -125,6 +139,22 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("blkdebug_wait_timeout", WAIT_TIMEOUT_HELP, default=None)
     group.addoption(
+        "--blkdebug-hold-timeout",
+        dest="blkdebug_hold_timeout",
+        metavar="SECONDS",
+        default=None,
+        help=HOLD_TIMEOUT_HELP,
+    )
+    parser.addini("blkdebug_hold_timeout", HOLD_TIMEOUT_HELP, default=None)
+    group.addoption(
+        "--blkdebug-seed",
+        dest="blkdebug_seed",
+        metavar="SEED",
+        default=None,
+        help=SEED_HELP,
+    )
+    parser.addini("blkdebug_seed", SEED_HELP, default=None)
+    group.addoption(
         "--blkdebug-no-rules",
         dest="blkdebug_no_rules",
         action="store_true",
@@ -144,6 +174,10 @@ class Settings:
     strict: bool
     wait_timeout: float
     no_rules: bool
+    hold_timeout: float = DEFAULT_HOLD_TIMEOUT
+    #: The session's seed (given, or drawn once); each test's is derived from it.
+    seed: int = 0
+    seed_given: bool = False
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -154,8 +188,10 @@ class Settings:
         base = config.invocation_params.dir
         files += [(base / p, "--blkdebug-rules") for p in opt("blkdebug_rules") or ()]
         for path, origin in files:
-            if not path.is_file():
+            if not path.exists():
                 raise pytest.UsageError(f"{origin}: no such rule file: {path}")
+            if not path.is_file():
+                raise pytest.UsageError(f"{origin}: {path} is not a regular file")
         events = list(config.getini("blkdebug_events"))
         for value in opt("blkdebug_events") or ():
             events += [n for n in re.split(r"[,\s]+", value) if n]
@@ -181,20 +217,9 @@ class Settings:
             # pytest < 9.2 raises ValueError for a bad ini boolean, 9.2 a
             # UsageError; neither names the option, so say which one it is.
             raise pytest.UsageError(f"blkdebug_strict: {exc} (use true or false)") from None
-        timeout_text = _pick(
-            opt("blkdebug_wait_timeout"),
-            config.getini("blkdebug_wait_timeout"),
-            DEFAULT_WAIT_TIMEOUT,
-        )
-        try:
-            wait_timeout = float(timeout_text)
-            if not wait_timeout > 0:
-                raise ValueError
-        except ValueError:
-            raise pytest.UsageError(
-                f"blkdebug_wait_timeout / --blkdebug-wait-timeout: invalid "
-                f"value {timeout_text!r} (a number of seconds > 0)"
-            ) from None
+        wait_timeout = _timeout(config, "wait_timeout", DEFAULT_WAIT_TIMEOUT)
+        hold_timeout = _timeout(config, "hold_timeout", DEFAULT_HOLD_TIMEOUT)
+        seed, seed_given = _seed(config)
         return cls(
             tuple(files),
             tuple(events),
@@ -203,7 +228,41 @@ class Settings:
             strict,
             wait_timeout,
             bool(opt("blkdebug_no_rules")),
+            hold_timeout,
+            seed,
+            seed_given,
         )
+
+
+def _timeout(config: pytest.Config, name: str, default: float) -> float:
+    """A timeout option: a finite number of seconds > 0 (not nan, not inf)."""
+    text = _pick(config.getoption(f"blkdebug_{name}"), config.getini(f"blkdebug_{name}"), default)
+    flag = "--blkdebug-" + name.replace("_", "-")
+    try:
+        return check_timeout(text, f"blkdebug_{name} / {flag}")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _seed(config: pytest.Config) -> tuple[int, bool]:
+    """The session's seed and whether the user chose it. An xdist worker takes
+    the controller's (``workerinput``), so every worker derives the same
+    per-test seeds; otherwise command line > ini > one drawn at random."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "blkdebug_seed" in workerinput:
+        return int(workerinput["blkdebug_seed"]), bool(workerinput["blkdebug_seed_given"])
+    text = _pick(config.getoption("blkdebug_seed"), config.getini("blkdebug_seed"), None)
+    if text is None:
+        return random.SystemRandom().randrange(1 << 32), False
+    try:
+        seed = int(str(text).strip(), 0)
+        if seed < 0:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(
+            f"blkdebug_seed / --blkdebug-seed: invalid value {text!r} (an integer >= 0)"
+        ) from None
+    return seed, True
 
 
 def _pick(cli: Any, ini: Any, default: Any) -> Any:
