@@ -21,7 +21,6 @@ No pytest here.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 import os
 import threading
@@ -57,10 +56,6 @@ HitCallback = Callable[[Disk, str], None]
 #: Longest wait, in all, for threads that teardown resumed to finish (so an
 #: exception they raise is reported with the test that suspended them).
 RESUMED_JOIN_TIMEOUT = 2.0
-
-# Engine(seed=...) arrives with seeded rules; until then a seed is carried and
-# reported but not passed on. Checked once, not per engine.
-_ENGINE_TAKES_SEED = "seed" in inspect.signature(Engine).parameters
 
 
 def check_timeout(value: object, what: str) -> float:
@@ -133,8 +128,7 @@ def assemble_engine(
         engine = engine.engine
     events = [events] if isinstance(events, str) else list(events)
     if engine is None:
-        kwargs: dict[str, Any] = {"seed": seed} if _ENGINE_TAKES_SEED and seed is not None else {}
-        return Engine(rules, registry=EventRegistry(events), **kwargs)
+        return Engine(rules, registry=EventRegistry(events), seed=seed)
     register_events(engine, events)
     engine.add_rules(rules)
     return engine
@@ -350,8 +344,8 @@ class Harness:
         delay = sum(_injected_delay(e) for e in self.labels)
         if delay:
             text += f"\ninjected delay: {delay:.3f} s in all"
-        if seed is not None and self.seed is not None:
-            text += f"\nseed: {self.seed}{seed}"
+        if seed is not None and self.labels:
+            text += f"\nseed: {self.effective_seed}{seed}"
         return text
 
     def summary(self) -> Summary:
@@ -378,7 +372,15 @@ class Harness:
                     "rules": rules,
                 }
             )
-        return {"seed": self.seed, "engines": engines}
+        return {"seed": self.effective_seed, "engines": engines}
+
+    @property
+    def effective_seed(self) -> int | None:
+        """The run's seed: the one given, else the first engine's own (an
+        engine draws one when none is given); None before any engine."""
+        if self.seed is not None:
+            return self.seed
+        return next((e.seed for e in self.labels), None)
 
 
 def _injected_delay(engine: Engine) -> float:
