@@ -153,6 +153,38 @@ class Slot:
         )
 
 
+def holding(slots: list[Slot], state: int) -> list[Slot]:
+    """The rules whose state condition holds. A helper, not an inline
+    comprehension, because a comprehension in ``fire`` would make ``state`` a
+    closure cell there and slow every event down."""
+    return [s for s in slots if s.state == 0 or s.state == state]
+
+
+class ArmGroup:
+    """The inject-error rules one event arms in one state, counted once per arming."""
+
+    __slots__ = ("index", "times")
+
+    def __init__(self, index: ActiveIndex) -> None:
+        self.index = index
+        self.times = 0
+
+
+class EventPlan:
+    """Everything registered on one event, in definition order."""
+
+    __slots__ = ("injects", "set_states", "breakpoints", "groups")
+
+    def __init__(self) -> None:
+        self.groups: dict[int, ArmGroup] = {}  # state -> what this event arms in it
+        self.injects: list[Slot] = []
+        self.set_states: list[Slot] = []
+        self.breakpoints: list[str] = []  # tags, oldest first
+
+    def __bool__(self) -> bool:
+        return bool(self.injects or self.set_states or self.breakpoints)
+
+
 class _Wide:
     """Wide byte ranges of one iotype: sorted by start, with running max of ends."""
 

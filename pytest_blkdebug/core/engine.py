@@ -25,14 +25,23 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .active import NO_MATCHERS, ActiveIndex, Matcher, Slot, either
+from .active import (
+    NO_MATCHERS,
+    ActiveIndex,
+    ArmGroup,
+    EventPlan,
+    Matcher,
+    Slot,
+    either,
+    holding,
+)
 from .badsectors import BadMap
 from .decision import Decision
 from .errors import BreakpointError, BreakpointTimeout, RuleError
-from .events import IOTYPES, READ, EventRegistry
+from .events import READ, EventRegistry
 from .hold import Hold
 from .rules import BadSector, Breakpoint, InjectError, Rule, SetState, rule_name
-from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry
+from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry, wait_message
 
 __all__ = [
     "Engine",
@@ -49,38 +58,6 @@ if TYPE_CHECKING:
 
 TRACE_LENGTH = 64
 HISTORY_LENGTH = 256
-
-
-def _holding(slots: list[Slot], state: int) -> list[Slot]:
-    """The rules whose state condition holds. A helper, not an inline
-    comprehension, because a comprehension in ``fire`` would make ``state`` a
-    closure cell there and slow every event down."""
-    return [s for s in slots if s.state == 0 or s.state == state]
-
-
-class _ArmGroup:
-    """The inject-error rules one event arms in one state, counted once per arming."""
-
-    __slots__ = ("index", "times")
-
-    def __init__(self, index: ActiveIndex) -> None:
-        self.index = index
-        self.times = 0
-
-
-class _EventPlan:
-    """Everything registered on one event, in definition order."""
-
-    __slots__ = ("injects", "set_states", "breakpoints", "groups")
-
-    def __init__(self) -> None:
-        self.groups: dict[int, _ArmGroup] = {}  # state -> what this event arms in it
-        self.injects: list[Slot] = []
-        self.set_states: list[Slot] = []
-        self.breakpoints: list[str] = []  # tags, oldest first
-
-    def __bool__(self) -> bool:
-        return bool(self.injects or self.set_states or self.breakpoints)
 
 
 class _Suspension(NamedTuple):
@@ -125,7 +102,7 @@ class Engine:
         self._transitions = 0
         self._slots: list[Slot] = []
         self._by_name: dict[str, Slot] = {}
-        self._plans: dict[str, _EventPlan] = {}
+        self._plans: dict[str, EventPlan] = {}
         #: Events with rules or breakpoints; ``event in engine.live_events`` is
         #: the hot path's test for "raising this event can change anything".
         self.live_events: dict[str, object] = self._plans  # type: ignore[assignment]
@@ -177,7 +154,7 @@ class Engine:
                 self._by_name[slot.name] = slot
                 if isinstance(slot.rule, BadSector):
                     continue
-                plan = self._plans.setdefault(slot.rule.event, _EventPlan())
+                plan = self._plans.setdefault(slot.rule.event, EventPlan())
                 kind_list = plan.injects if isinstance(slot.rule, InjectError) else plan.set_states
                 kind_list.append(slot)
             if any(isinstance(slot.rule, BadSector) for slot in new):
@@ -375,9 +352,9 @@ class Engine:
                 # the index for (event, state) is built once and reused.
                 group = plan.groups.get(state)
                 if group is None:
-                    members = _holding(plan.injects, state)  # not inline: see _holding
+                    members = holding(plan.injects, state)  # not inline: see holding
                     if members:
-                        group = plan.groups[state] = _ArmGroup(ActiveIndex(members))
+                        group = plan.groups[state] = ArmGroup(ActiveIndex(members))
                 if group is not None:
                     group.times += 1
                     if self._bad is None:
@@ -500,7 +477,7 @@ class Engine:
                 f"Could not set breakpoint: No such file or directory (unknown event {event!r})"
             )
         with self._lock:
-            self._plans.setdefault(event, _EventPlan()).breakpoints.append(tag)
+            self._plans.setdefault(event, EventPlan()).breakpoints.append(tag)
 
     def resume(self, tag: str) -> None:
         """Resume the most recently suspended request with ``tag``."""
@@ -562,23 +539,7 @@ class Engine:
                 self._cond.wait(remaining)
             else:
                 return
-        raise BreakpointTimeout(self._wait_message(tag, timeout))
-
-    def _wait_message(self, tag: str, timeout: float) -> str:
-        recent = [raw[1] if raw[0] == "event" else IOTYPES[raw[0]] for raw in list(self._trace)]
-        pending = [f"{t} on {e}" for e, t in self.pending_breakpoints if t == tag]
-        where = (
-            f"pending breakpoint: {', '.join(pending)}"
-            if pending
-            else "no breakpoint with that tag is pending"
-        )
-        seen = ", ".join(recent[-20:]) if recent else "none"
-        held = [f"{t!r} ({h.operation} at {h.event})" for t, h in self.suspended]
-        others = f"; suspended now: {', '.join(held)}" if held else ""
-        return (
-            f"no request was suspended under tag {tag!r} within {timeout:g} s "
-            f"({where}{others}; recent events and requests: {seen})"
-        )
+        raise BreakpointTimeout(wait_message(self, tag, timeout))
 
     def abandon(self, hold: Hold) -> None:
         """Forget a hold whose waiter gave up (timeout, cancellation)."""
