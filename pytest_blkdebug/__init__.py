@@ -7,8 +7,9 @@ against it and read the engine's state and counters. The pytest plugin
 
 from __future__ import annotations
 
+from .core.decision import Decision
 from .core.disk import Disk, DiskFile, Extent
-from .core.engine import Engine, RuleStatus, StateChange, TraceEntry
+from .core.engine import Engine, RuleStatus, RuleView, StateChange, TraceEntry
 from .core.errors import (
     BreakpointError,
     BreakpointTimeout,
@@ -17,15 +18,17 @@ from .core.errors import (
     RuleFileError,
 )
 from .core.events import IOTYPES, QEMU_EVENTS, EventRegistry
-from .core.rules import Breakpoint, InjectError, Rule, SetState
+from .core.rules import BadSector, Breakpoint, InjectError, Rule, SetState
 from .core.sizes import parse_size
 from .rulefiles import RuleFileWarning, dump_ini, dump_toml, load_rules, save_rules
 
 __all__ = [
+    "BadSector",
     "Breakpoint",
     "BreakpointError",
     "BreakpointTimeout",
     "Disk",
+    "Decision",
     "DiskFile",
     "Engine",
     "EventRegistry",
@@ -38,6 +41,7 @@ __all__ = [
     "RuleError",
     "RuleFileError",
     "RuleStatus",
+    "RuleView",
     "SetState",
     "StateChange",
     "TraceEntry",
