@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .disk import _copy_sparse
+from .image import copy_sparse as _copy_sparse
 
 if TYPE_CHECKING:
     from .crashstates import CrashList

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .crash import Entry, Flush, Log, Point, Recording, Unit, Write
-from .disk import Disk, _copy_sparse, _punch_hole
+from .disk import Disk
 from .engine import Engine
+from .image import copy_sparse as _copy_sparse
+from .image import punch_hole as _punch_hole
 
 __all__ = ["Crash", "CrashList", "build"]
 

@@ -9,22 +9,25 @@ can be read in one place and shared by the sync and asyncio (``aio.py``) views.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import io
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from ..nbd.server import DEFAULT_MAX_CONNECTIONS, NBDExport
 from .backend import DiskBackend
 from .engine import Engine, Hold, RuleStatus, RuleView, StateChange, TraceEntry
 from .errors import BreakpointTimeout, InjectedError
 from .events import BLOCK_STATUS, DISCARD, FLUSH, READ, WRITE, WRITE_ZEROES, EventRegistry
+from .image import ClosedError, Extent, Image, copy_sparse, extents
+from .limits import MAX_OFFSET, check_request, check_timeout
 from .rules import Rule
 from .sizes import parse_size
+
+__all__ = ["Disk", "DiskFile", "Extent", "create_image", "extents"]
 
 if TYPE_CHECKING:
     from .aio import AsyncDisk
@@ -65,64 +68,6 @@ BLOCK_STATUS_SEQ = Sequence("block_status", (), BLOCK_STATUS)
 FLUSH_TO_OS, FLUSH_TO_DISK = "flush_to_os", "flush_to_disk"
 
 
-class Extent(NamedTuple):
-    """A run of the image that is all data (``data=True``) or all hole (reads zero)."""
-
-    offset: int
-    length: int
-    data: bool
-
-
-# The process's own symbols include libc's fallocate; ctypes.util.find_library
-# would spawn ldconfig and cost every pytest run ~40 ms at import.
-_libc = ctypes.CDLL(None, use_errno=True)
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_ZERO_CHUNK = bytes(1 << 20)
-_FICLONE = 0x40049409  # linux/fs.h
-
-
-def _punch_hole(fd: int, offset: int, length: int) -> None:
-    """Zero a range and free its blocks; fall back to writing zeroes."""
-    fallocate = getattr(_libc, "fallocate", None)
-    if fallocate is not None:
-        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-        if fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err))
-    end = offset + length
-    while offset < end:
-        n = min(end - offset, len(_ZERO_CHUNK))
-        offset += os.pwrite(fd, _ZERO_CHUNK[:n], offset)
-
-
-def _zero_range(fd: int, offset: int, length: int, unmap: bool) -> None:
-    """Zero a range: as a hole, or (``unmap=False``) allocated zeroes."""
-    _punch_hole(fd, offset, length)
-    if not unmap:
-        os.posix_fallocate(fd, offset, length)
-
-
-def _copy_sparse(src: str, dst: str) -> None:
-    """Copy an image cheaply: a reflink where the filesystem offers one,
-    else only the data extents (holes stay holes)."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass
-        fout.truncate(size)
-        for extent in extents(fin.fileno(), 0, size):
-            if extent.data:
-                os.copy_file_range(
-                    fin.fileno(), fout.fileno(), extent.length, extent.offset, extent.offset
-                )
-
-
 class Disk:
     """An image file plus the engine that decides which requests fail.
 
@@ -159,13 +104,16 @@ class Disk:
         #: fdatasync on a successful flush (off: the page cache is all any
         #: reader in a test can see, and syncing costs milliseconds).
         self.durable = durable
-        self.hold_timeout = hold_timeout
-        self.wait_timeout = wait_timeout
-        self._fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
+        self.hold_timeout = check_timeout("hold_timeout", hold_timeout)
+        self.wait_timeout = check_timeout("wait_timeout", wait_timeout)
+        if size is not None and not (isinstance(size, int) and 0 <= size <= MAX_OFFSET):
+            raise ValueError(f"size must be an int from 0 to 2**63 - 1, got {size!r}")
+        #: The host file (descriptor, whole-length I/O, the guard against close).
+        self.image = Image(self.path, readonly=readonly)
         #: The addressable size. Usually the file's size; a larger ``size``
         #: suits files that grow (a database's journal): past the file's end
         #: reads give zeroes and writes extend the file.
-        self.size = os.fstat(self._fd).st_size if size is None else size
+        self.size = self.image.size() if size is None else size
         # Requests must end at or before _limit; close() sets it to -1 so the
         # range check, which every request pays anyway, also catches closed disks.
         self._limit = self.size
@@ -237,20 +185,38 @@ class Disk:
 
     # -- the request path ----------------------------------------------------
 
-    def _wait(self, hold: Hold | None) -> None:
-        """Block this thread while a breakpoint holds its request."""
+    def _wait(self, hold: Hold | None, done: bool = False) -> None:
+        """Block this thread while a breakpoint holds its request.
+
+        ``done``: the request's outcome is settled (it is past its host I/O),
+        so a close that resumes it lets it end as it would have.
+        """
+        __tracebackhide__ = True
         if hold is None:
             return
+        if threading.active_count() == 1:
+            # Nobody else can ever call resume(): fail now, not after hold_timeout.
+            self.engine.abandon(hold)
+            raise BreakpointTimeout(
+                f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} "
+                f"on event {hold.event!r} can never be resumed: it runs in the process's "
+                "only thread, so nothing can call resume() (resume it from another "
+                "thread, or issue the request through disk.aio)"
+            )
         self._holds.add(hold)
         try:
             released = hold.wait(self.hold_timeout)
         finally:
             self._holds.discard(hold)
-        self._after_hold(hold, released)
+        self._after_hold(hold, released, done)
 
-    def _after_hold(self, hold: Hold, released: bool) -> None:
-        if self._closed:  # close() resumed it: the image is gone, do not touch it
-            raise ValueError(
+    def _after_hold(self, hold: Hold, released: bool, done: bool = False) -> None:
+        __tracebackhide__ = True
+        if self._closed:
+            if done:  # its data is on disk (or its error decided): end as it would have
+                return
+            # close() resumed it before its host I/O: do not touch the image.
+            raise ClosedError(
                 f"disk {self.path} was closed while its {hold.operation} was held at "
                 f"breakpoint {', '.join(map(repr, hold.tags))}"
             )
@@ -261,19 +227,51 @@ class Disk:
                 f"on event {hold.event!r} was not resumed within {self.hold_timeout:g} s"
             )
 
-    def _bad_request(self, operation: str, offset: int, length: int) -> Exception:
+    def _bad_request(self, operation: str, offset: object, length: object) -> Exception:
+        """The error for a request that failed the range check: closed disk
+        (ValueError), a bad type or a value past 2**63 (TypeError/ValueError
+        naming the argument), or outside the image (EIO, as QEMU)."""
         if self._closed:
-            return ValueError(f"I/O on closed disk {self.path}")
+            return self.image.closed_error()
+        try:
+            offset, length = check_request(offset, length)
+        except (TypeError, ValueError) as exc:
+            return exc
+        if 0 <= offset and 0 <= length and offset + length <= self._limit:
+            # An int subclass (numpy, IntEnum...) that is in range: refuse it
+            # rather than guess; callers pass plain ints.
+            return TypeError(
+                f"offset and length must be int, not {type(offset).__name__} "
+                f"and {type(length).__name__}"
+            )
         return OSError(
             errno.EIO,
             f"{os.strerror(errno.EIO)}: {operation} of {length} bytes at "
             f"offset {offset} is outside the {self.size}-byte image {self.path}",
         )
 
+    def _refuse_readonly(self, operation: str, offset: int, length: int) -> None:
+        __tracebackhide__ = True
+        if self.readonly:
+            raise OSError(
+                errno.EPERM,
+                f"{os.strerror(errno.EPERM)}: {operation} of {length} bytes at offset "
+                f"{offset} refused: disk {self.path} is read-only",
+            )
+
     def _begin(self, seq: Sequence, offset: int, length: int) -> None:
         """Range check, ``before`` events, request check. Raises on failure."""
-        if offset < 0 or length < 0 or offset + length > self._limit:
+        __tracebackhide__ = True
+        if (
+            type(offset) is not int
+            or type(length) is not int
+            or offset < 0
+            or length < 0
+            or offset + length > self._limit
+        ):
             raise self._bad_request(seq.operation, offset, length)
+        if seq.dirties:
+            self._refuse_readonly(seq.operation, offset, length)
         engine = self.engine
         for event in seq.before:
             if event in engine.live_events:
@@ -283,11 +281,12 @@ class Disk:
             raise InjectedError(slot.errno, slot.rule, seq.operation, offset, length)
 
     def _end(self, seq: Sequence) -> None:
+        __tracebackhide__ = True
         engine = self.engine
         try:
             for event in seq.after:
-                if event in engine.live_events:
-                    self._wait(engine.fire(event, seq.operation))
+                if event in engine.live_events and not self._closed:
+                    self._wait(engine.fire(event, seq.operation), done=True)
         finally:
             if seq.dirties:
                 self._dirty_event = self._dirty_check = True
@@ -297,7 +296,14 @@ class Disk:
 
     def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset`` (events: read_aio)."""
-        if offset < 0 or length < 0 or offset + length > self._limit:
+        __tracebackhide__ = True
+        if (
+            type(offset) is not int
+            or type(length) is not int
+            or offset < 0
+            or length < 0
+            or offset + length > self._limit
+        ):
             raise self._bad_request("read", offset, length)
         engine = self.engine
         if "read_aio" in engine.live_events:
@@ -309,27 +315,16 @@ class Disk:
             slot = engine.decide(READ, offset, length)
             if slot is not None and slot.errno:
                 raise InjectedError(slot.errno, slot.rule, "read", offset, length)
-        data = os.pread(self._fd, length, offset)
-        if len(data) < length:  # the file shrank under us: holes read as zeroes
-            return self._pread(offset, length)
-        return data
-
-    def _pread(self, offset: int, length: int) -> bytes:
-        data = os.pread(self._fd, length, offset)
-        return data if len(data) == length else data + bytes(length - len(data))
-
-    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview, length: int) -> None:
-        written = os.pwrite(self._fd, data, offset)
-        if written < length:
-            view = memoryview(data).cast("B")
-            while written < length:
-                written += os.pwrite(self._fd, view[written:], offset + written)
+        return self.image.pread(offset, length)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done)."""
+        __tracebackhide__ = True
         length = len(data) if type(data) is bytes else memoryview(data).nbytes
-        if offset < 0 or offset + length > self._limit:
+        if type(offset) is not int or offset < 0 or offset + length > self._limit:
             raise self._bad_request("write", offset, length)
+        if self.readonly:
+            self._refuse_readonly("write", offset, length)
         engine = self.engine
         live = engine.live_events
         reached = False
@@ -348,18 +343,17 @@ class Disk:
                 slot = engine.decide(WRITE, offset, length)
                 if slot is not None and slot.errno:
                     raise InjectedError(slot.errno, slot.rule, "write", offset, length)
-            if os.pwrite(self._fd, data, offset) < length:
-                self._pwrite(offset, data, length)  # short write: finish it
+            self.image.pwrite(offset, data)
             if engine.recorders:
                 self._stored("write", offset, length, data)
             if engine.watches_stores:  # bad sectors heal when written
                 engine.stored(offset, length)
         finally:
             try:
-                if "pwritev_done" in engine.live_events:
+                if "pwritev_done" in engine.live_events and not self._closed:
                     hold = engine.fire("pwritev_done", "write")
                     if hold is not None:
-                        self._wait(hold)
+                        self._wait(hold, done=True)
             finally:
                 if reached:  # dirty once the request is over (see Sequence)
                     self._dirty_event = self._dirty_check = True
@@ -367,11 +361,12 @@ class Disk:
     def write_zeroes(self, offset: int, length: int, *, unmap: bool = True) -> None:
         """Zero a range (events: pwritev_zero, pwritev_done). ``unmap=False``
         keeps the range allocated (NBD's NO_HOLE; QEMU without MAY_UNMAP)."""
+        __tracebackhide__ = True
         if self._skip_empty("write_zeroes", offset, length):
             return
         try:
             self._begin(WRITE_ZEROES_SEQ, offset, length)
-            _zero_range(self._fd, offset, length, unmap)
+            self.image.zero(offset, length, unmap=unmap)
             if self.engine.recorders:
                 self._stored("write_zeroes", offset, length, None)
             if self.engine.watches_stores:
@@ -381,11 +376,12 @@ class Disk:
 
     def discard(self, offset: int, length: int) -> None:
         """Discard a range; it reads as zeroes afterwards (no event)."""
+        __tracebackhide__ = True
         if self._skip_empty("discard", offset, length):
             return
         try:
             self._begin(DISCARD_SEQ, offset, length)
-            _punch_hole(self._fd, offset, length)
+            self.image.zero(offset, length)
             if self.engine.recorders:
                 self._stored("discard", offset, length, None)
             if self.engine.watches_stores:
@@ -403,8 +399,16 @@ class Disk:
         leaves the disk as clean as it was (qemu-io 7.2, seen by the
         conformance tests).
         """
-        if offset < 0 or length < 0 or offset + length > self._limit:
+        __tracebackhide__ = True
+        if (
+            type(offset) is not int
+            or type(length) is not int
+            or offset < 0
+            or length < 0
+            or offset + length > self._limit
+        ):
             raise self._bad_request(operation, offset, length)
+        self._refuse_readonly(operation, offset, length)
         if length:
             return False
         if operation == "discard":
@@ -419,6 +423,7 @@ class Disk:
     def flush(self) -> None:
         """flush_to_os; if anything was written since the last good flush,
         flush_to_disk and the flush check; a failed flush stays dirty."""
+        __tracebackhide__ = True
         if self._closed:
             raise self._bad_request("flush", 0, 0)
         recorders = self.engine.recorders
@@ -445,17 +450,22 @@ class Disk:
         self._flushed()
 
     def _flushed(self) -> None:
+        __tracebackhide__ = True
         if self._dirty_check and self.durable:
-            os.fdatasync(self._fd)
+            self.image.sync()
         self._dirty_event = self._dirty_check = False
 
     def block_status(self, offset: int, length: int) -> list[Extent]:
         """Which parts of a range hold data and which are holes (no event)."""
+        __tracebackhide__ = True
         self._begin(BLOCK_STATUS_SEQ, offset, length)
-        return extents(self._fd, offset, length)
+        return self.image.extents(offset, length)
 
     def event(self, name: str) -> None:
         """Announce your own I/O: raise ``name`` (registered events only)."""
+        __tracebackhide__ = True
+        if self._closed:
+            raise self.image.closed_error()
         engine = self.engine
         engine.registry.check(name)
         if name not in engine.live_events:
@@ -487,7 +497,8 @@ class Disk:
 
     def wait_break(self, tag: str, timeout: float | None = None) -> None:
         """Return once a request is suspended under ``tag`` (or time out)."""
-        self.engine.wait_break(tag, self.wait_timeout if timeout is None else timeout)
+        limit = self.wait_timeout if timeout is None else check_timeout("timeout", timeout)
+        self.engine.wait_break(tag, limit)
 
     def is_suspended(self, tag: str) -> bool:
         return self.engine.is_suspended(tag)
@@ -539,8 +550,11 @@ class Disk:
         )
 
     def fileno(self) -> int:
-        """The image's descriptor, for reading it behind the engine's back."""
-        return self._fd
+        """The image's descriptor, for reading it behind the engine's back
+        (ValueError once the disk is closed, as for a closed file)."""
+        if self._closed:
+            raise self.image.closed_error()
+        return self.image.fd
 
     # -- lifetime --------------------------------------------------------------
 
@@ -560,7 +574,7 @@ class Disk:
         self._limit = -1
         released = self.engine.release(list(self._holds))
         released += self.engine.detach()
-        os.close(self._fd)
+        self.image.close()  # waits for host calls in flight: none may hit a reused fd
         return released
 
     def __enter__(self) -> Disk:
@@ -581,7 +595,7 @@ def create_image(
     ``template`` (reflink or sparse copy) set to ``size``."""
     target = os.fspath(path)
     if template is not None:
-        _copy_sparse(os.fspath(template), target)
+        copy_sparse(os.fspath(template), target)
         os.truncate(target, size)
         return target
     fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -590,29 +604,6 @@ def create_image(
     finally:
         os.close(fd)
     return target
-
-
-def extents(fd: int, offset: int, length: int) -> list[Extent]:
-    """Data/hole runs covering ``[offset, offset+length)`` via SEEK_DATA/HOLE."""
-    result: list[Extent] = []
-    end = offset + length
-    pos = offset
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            data = end  # only a hole remains
-        if data > pos:
-            hole_end = min(data, end)
-            result.append(Extent(pos, hole_end - pos, False))
-            pos = hole_end
-            continue
-        hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
-        result.append(Extent(pos, hole - pos, True))
-        pos = hole
-    return result
 
 
 class DiskFile(io.RawIOBase):
@@ -634,14 +625,18 @@ class DiskFile(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        __tracebackhide__ = True
         view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._disk.size - self._pos))
+        n = min(len(view), self._disk.size - self._pos)
+        if n <= 0:  # at or past the end: end of file, as for any file
+            return 0
         data = self._disk.read(self._pos, n)
         view[:n] = data
         self._pos += n
         return n
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        __tracebackhide__ = True
         n = memoryview(data).nbytes
         self._disk.write(self._pos, data)
         self._pos += n
@@ -658,4 +653,5 @@ class DiskFile(io.RawIOBase):
         return self._pos
 
     def sync(self) -> None:
+        __tracebackhide__ = True
         self._disk.flush()

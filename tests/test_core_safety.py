@@ -1,0 +1,326 @@
+"""Attacks on the core's data safety (issue 12): huge reads, close under
+load, a template that is the image itself, bad numbers, read-only and closed
+disks, and breakpoints nobody can resume. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import math
+import os
+import subprocess
+import sys
+import threading
+import traceback
+
+import pytest
+
+import pytest_blkdebug as bd
+from pytest_blkdebug import InjectError, SetState
+from pytest_blkdebug.core.limits import check_timeout
+
+LINUX_MAX_IO = 0x7FFFF000
+
+
+# -- 1. reads over ~2 GiB --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def huge_disk(tmp_path_factory):
+    """A sparse image just past Linux's per-call limit, with data at its end."""
+    size = LINUX_MAX_IO + 8192
+    disk = bd.Disk.create(tmp_path_factory.mktemp("huge") / "huge.img", size)
+    disk.write(size - 4, b"tail")
+    yield disk
+    disk.close()
+
+
+@pytest.mark.parametrize("how", ["disk", "file", "aio"])
+def test_a_read_past_the_per_call_limit_returns_the_real_data(huge_disk, how):
+    size = huge_disk.size
+    if how == "disk":
+        data = huge_disk.read(0, size)
+    elif how == "file":
+        data = huge_disk.fileobj().read(size)
+    else:
+        data = asyncio.run(huge_disk.aio.read(0, size))
+    assert len(data) == size
+    assert data[-4:] == b"tail"
+    del data
+
+
+def test_a_read_past_the_end_of_a_growing_file_pads_with_zeroes(tmp_path):
+    path = tmp_path / "short.img"
+    path.write_bytes(b"x" * 100)
+    with bd.Disk.open(path, size=4096) as disk:
+        assert disk.read(0, 200) == b"x" * 100 + bytes(100)
+
+
+# -- 2. close under load -------------------------------------------------------------
+
+
+def test_close_under_load_never_writes_into_the_next_file(tmp_path):
+    leaks = 0
+    for round_ in range(60):
+        disk = bd.Disk.create(tmp_path / "a.img", 1 << 16)
+        stop = threading.Event()
+
+        def writer(disk: bd.Disk = disk, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                try:
+                    disk.write(0, b"\xaa" * 4096)
+                except (OSError, ValueError):
+                    return
+
+        threads = [threading.Thread(target=writer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        disk.close()
+        other = tmp_path / f"b{round_}.img"
+        fd = os.open(other, os.O_RDWR | os.O_CREAT, 0o644)  # likely reuses the number
+        os.ftruncate(fd, 1 << 16)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        os.close(fd)
+        if b"\xaa" in other.read_bytes():
+            leaks += 1
+    assert leaks == 0
+
+
+def test_a_closed_disk_refuses_host_io_with_valueerror(tmp_path):
+    disk = bd.Disk.create(tmp_path / "img", 4096)
+    image = disk.image
+    disk.close()
+    with pytest.raises(ValueError, match="closed"):
+        image.pwrite(0, b"x")
+    with pytest.raises(ValueError, match="closed"):
+        disk.fileno()
+
+
+# -- 3. a template that is the image itself --------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+def test_create_refuses_a_template_that_is_the_image_itself(tmp_path, link):
+    template = tmp_path / "golden.img"
+    template.write_bytes(b"precious" * 512)
+    target = template
+    if link == "symlink":
+        target = tmp_path / "link.img"
+        target.symlink_to(template)
+    elif link == "hardlink":
+        target = tmp_path / "hard.img"
+        os.link(template, target)
+    with pytest.raises(ValueError, match="template"):
+        bd.Disk.create(target, 8192, template=template)
+    assert template.read_bytes() == b"precious" * 512
+
+
+def test_create_from_a_template_still_copies(tmp_path):
+    template = tmp_path / "golden.img"
+    template.write_bytes(b"g" * 4096)
+    with bd.Disk.create(tmp_path / "copy.img", 8192, template=template) as disk:
+        assert disk.read(0, 4096) == b"g" * 4096 and disk.size == 8192
+
+
+# -- 4. a write held at pwritev_done when the disk closes ---------------------------------
+
+
+def test_a_write_held_after_its_data_landed_ends_normally_when_the_disk_closes(tmp_path):
+    disk = bd.Disk.create(tmp_path / "img", 4096, hold_timeout=10)
+    disk.break_on("pwritev_done", "late")
+    box: dict[str, object] = {}
+
+    def write() -> None:
+        try:
+            disk.write(0, b"landed")
+            box["ok"] = True
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=write)
+    t.start()
+    disk.wait_break("late")
+    released = disk.close()
+    t.join(10)
+    assert [tag for tag, _ in released] == ["late"]
+    assert box == {"ok": True}
+    assert (tmp_path / "img").read_bytes()[:6] == b"landed"
+
+
+def test_a_write_held_before_its_data_landed_fails_when_the_disk_closes(tmp_path):
+    disk = bd.Disk.create(tmp_path / "img", 4096, hold_timeout=10)
+    disk.break_on("pwritev", "early")
+    box: dict[str, object] = {}
+
+    def write() -> None:
+        try:
+            disk.write(0, b"never")
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=write)
+    t.start()
+    disk.wait_break("early")
+    disk.close()
+    t.join(10)
+    assert isinstance(box["error"], ValueError)
+    assert (tmp_path / "img").read_bytes() == bytes(4096)
+
+
+# -- 6. timeouts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1, 0, 1e300])
+def test_bad_timeouts_are_refused_naming_the_argument(tmp_path, bad):
+    with pytest.raises(ValueError, match="hold_timeout"):
+        bd.Disk.create(tmp_path / "a", 4096, hold_timeout=bad)
+    with pytest.raises(ValueError, match="wait_timeout"):
+        bd.Disk.create(tmp_path / "b", 4096, wait_timeout=bad)
+    with bd.Disk.create(tmp_path / "c", 4096) as disk:
+        disk.break_on("read_aio", "A")
+        with pytest.raises(ValueError, match="timeout"):
+            disk.wait_break("A", timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            asyncio.run(disk.aio.wait_break("A", timeout=bad))
+
+
+def test_check_timeout():
+    assert check_timeout("t", 2) == 2.0
+    with pytest.raises(TypeError, match="t must be a number"):
+        check_timeout("t", "5")
+    with pytest.raises(TypeError, match="t must be a number"):
+        check_timeout("t", True)
+
+
+# -- 12. bad offsets and lengths --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, args, error, name",
+    [
+        ("read", (0.0, 512), TypeError, "offset"),
+        ("read", (0, 512.0), TypeError, "length"),
+        ("read", (True, 1), TypeError, "offset"),
+        ("write", (512.5, b"x"), TypeError, "offset"),
+        ("write_zeroes", ("0", 512), TypeError, "offset"),
+        ("discard", (0, None), TypeError, "length"),
+        ("block_status", (0.0, 512), TypeError, "offset"),
+        ("read", (2**63, 1), ValueError, "offset"),
+        ("write", (2**64, b"x"), ValueError, "offset"),
+        ("write_zeroes", (0, 2**63), ValueError, "length"),
+        ("read", (2**62, 2**62), ValueError, "offset \\+ length"),
+    ],
+)
+def test_bad_numbers_fail_before_any_event(tmp_path, call, args, error, name):
+    rules = [
+        SetState(ev, 2, name=f"s-{ev}") for ev in ("read_aio", "write_aio", "pwritev_zero")
+    ] + [InjectError("none", once=True, name="once")]
+    with bd.Disk.create(tmp_path / "img", 1 << 20, rules=rules) as disk:
+        with pytest.raises(error, match=name):
+            getattr(disk, call)(*args)
+        assert disk.state == 1 and not disk.dirty
+        assert not disk.rule("once").consumed and disk.rule("once").hits == 0
+
+
+# -- 13. read-only disks ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, args",
+    [("write", (0, b"x" * 512)), ("write_zeroes", (0, 512)), ("discard", (0, 512))],
+)
+def test_a_read_only_disk_refuses_writes_before_any_event(tmp_path, call, args):
+    path = tmp_path / "img"
+    bd.Disk.create(path, 4096).close()
+    rules = [SetState(ev, 2) for ev in ("write_aio", "pwritev_zero", "pwritev_done")]
+    with bd.Disk.open(path, readonly=True, rules=rules) as disk:
+        with pytest.raises(OSError, match="read-only") as info:
+            getattr(disk, call)(*args)
+        assert info.value.errno == errno.EPERM
+        assert disk.state == 1 and not disk.dirty and disk.trace == []
+
+        async def via_aio() -> None:
+            await getattr(disk.aio, call)(*args)
+
+        with pytest.raises(OSError, match="read-only"):
+            asyncio.run(via_aio())
+        assert disk.state == 1 and not disk.dirty
+
+
+# -- 14. closed disks ------------------------------------------------------------------------
+
+
+def test_event_on_a_closed_disk_does_not_move_the_state(tmp_path):
+    disk = bd.Disk.create(tmp_path / "img", 4096, rules=[SetState("read_aio", 2, name="s")])
+    engine = disk.engine
+    disk.close()
+    assert engine.state == 1
+    with pytest.raises(ValueError, match="closed"):
+        disk.event("read_aio")
+    with pytest.raises(ValueError, match="closed"):
+        asyncio.run(disk.aio.event("read_aio"))
+    assert engine.state == 1
+
+
+# -- 15. DiskFile past the end ---------------------------------------------------------------
+
+
+def test_diskfile_read_past_the_end_is_end_of_file(tmp_path):
+    with bd.Disk.create(tmp_path / "img", 4096) as disk:
+        f = disk.fileobj()
+        f.seek(4096)
+        assert f.read(10) == b""
+        f.seek(10_000)
+        assert f.read(10) == b""
+        assert f.read() == b""
+
+
+# -- 21. a breakpoint nobody can resume ------------------------------------------------------
+
+
+def test_a_breakpoint_hit_in_the_only_thread_fails_at_once_naming_the_tag(tmp_path):
+    # A subprocess, so no other thread (pytest-xdist's, a leftover) is alive.
+    script = f"""
+import time, pytest_blkdebug as bd
+disk = bd.Disk.create({str(tmp_path / "img")!r}, 4096, hold_timeout=30)
+disk.break_on("write_aio", "lonely")
+start = time.monotonic()
+try:
+    disk.write(0, b"x")
+except bd.BreakpointTimeout as exc:
+    print(round(time.monotonic() - start), exc)
+print(disk.is_suspended("lonely"))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.startswith("0 ") and "'lonely'" in out and "only thread" in out
+    assert out.strip().endswith("False")
+
+
+# -- 22. injected errors end at the user's line ------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["read", "write", "flush", "aio_write"])
+def test_injected_error_tracebacks_hide_the_package_frames(tmp_path, call):
+    rule = InjectError("none", iotype=["read", "write", "flush"])
+    with bd.Disk.create(tmp_path / "img", 4096, rules=[rule]) as disk:
+        disk.write_zeroes(0, 512)  # dirty, so flush is checked
+        with pytest.raises(bd.InjectedError) as info:
+            if call == "read":
+                disk.read(0, 512)
+            elif call == "write":
+                disk.write(0, b"x")
+            elif call == "flush":
+                disk.flush()
+            else:
+                asyncio.run(disk.aio.write(0, b"x"))
+    frames = [f for f, _ in traceback.walk_tb(info.tb)]
+    package = os.path.dirname(bd.__file__)
+    ours = [f for f in frames if f.f_code.co_filename.startswith(package)]
+    assert ours, "the request path should be in the traceback"
+    assert all(f.f_locals.get("__tracebackhide__") for f in ours), [
+        f.f_code.co_name for f in ours if not f.f_locals.get("__tracebackhide__")
+    ]
