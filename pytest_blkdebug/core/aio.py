@@ -169,6 +169,7 @@ class AsyncDisk:
                 recorder.on_flush_end(disk, token, ok)
 
     async def _flush(self) -> None:
+        __tracebackhide__ = True
         disk = self.disk
         await self._fire((FLUSH_TO_OS,), "flush")
         if disk._dirty_event:

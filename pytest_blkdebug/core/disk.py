@@ -417,6 +417,7 @@ class Disk:
 
     def _stored(self, operation: str, offset: int, length: int, data: object) -> None:
         """Tell the recordings (crash.py) what reached the image."""
+        __tracebackhide__ = True
         for recorder in self.engine.recorders:
             recorder.on_store(self, operation, offset, length, data)  # type: ignore[arg-type]
 
@@ -439,6 +440,7 @@ class Disk:
                 recorder.on_flush_end(self, token, ok)
 
     def _flush(self) -> None:
+        __tracebackhide__ = True
         engine = self.engine
         self._wait(engine.fire(FLUSH_TO_OS, "flush"))
         if self._dirty_event:
