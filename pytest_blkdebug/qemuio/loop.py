@@ -48,8 +48,6 @@ from ..core.disk import (
     WRITE_ZEROES_SEQ,
     Disk,
     Sequence,
-    _punch_hole,
-    _zero_range,
 )
 from ..core.engine import Hold
 from ..core.errors import InjectedError
@@ -139,16 +137,14 @@ def _changing(
 def _read(disk: Disk, offset: int, length: int) -> Operation:
     yield from _begin(disk, READ_SEQ, offset, length)
     yield HOST_IO
-    return disk._pread(offset, length)
+    return disk.image.pread(offset, length)
 
 
 def _write(disk: Disk, offset: int, data: bytes) -> Operation:
     length = len(data)
     if offset < 0 or offset + length > disk._limit:
         raise disk._bad_request("write", offset, length)
-    yield from _changing(
-        disk, WRITE_SEQ, offset, length, lambda: disk._pwrite(offset, data, length)
-    )
+    yield from _changing(disk, WRITE_SEQ, offset, length, lambda: disk.image.pwrite(offset, data))
 
 
 def _write_zeroes(disk: Disk, offset: int, length: int) -> Operation:
@@ -159,16 +155,14 @@ def _write_zeroes(disk: Disk, offset: int, length: int) -> Operation:
         WRITE_ZEROES_SEQ,
         offset,
         length,
-        lambda: _zero_range(disk.fileno(), offset, length, True),
+        lambda: disk.image.zero(offset, length),
     )
 
 
 def _discard(disk: Disk, offset: int, length: int) -> Operation:
     if disk._skip_empty("discard", offset, length):
         return
-    yield from _changing(
-        disk, DISCARD_SEQ, offset, length, lambda: _punch_hole(disk.fileno(), offset, length)
-    )
+    yield from _changing(disk, DISCARD_SEQ, offset, length, lambda: disk.image.zero(offset, length))
 
 
 def _flush(disk: Disk) -> Operation:
