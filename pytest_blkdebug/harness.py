@@ -103,7 +103,10 @@ class RuleFileCache:
         """The rules of ``path``; raises what ``load_rules`` raises."""
         from .rulefiles import load_rules
 
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError:  # load_rules says why, naming the file
+            return load_rules(path, registry=registry)
         before = registry.custom
         key = (os.fspath(path), st.st_mtime_ns, st.st_size, before)
         cached = self._files.get(key)

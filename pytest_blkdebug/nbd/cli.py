@@ -20,11 +20,8 @@ import threading
 import warnings
 from collections.abc import Sequence
 
-from ..core.disk import Disk
-from ..core.engine import Engine
-from ..core.events import EventRegistry
+from ..harness import Harness
 from ..report import format_report
-from ..rulefiles import load_rules
 from .server import DEFAULT_MAX_CONNECTIONS
 
 __all__ = ["main"]
@@ -101,14 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     try:
-        registry = EventRegistry(
-            name for chunk in args.events for name in map(str.strip, chunk.split(",")) if name
+        harness = Harness(
+            events=(n for chunk in args.events for n in map(str.strip, chunk.split(",")) if n)
         )
-        rules = []
-        for path in args.rules:
-            rules += load_rules(path, registry=registry)
-        engine = Engine(rules, registry=registry)
-        disk = Disk.open(args.image, engine=engine, readonly=args.readonly, durable=args.durable)
+        engine = harness.engine(args.rules)
+        disk = harness.open(args.image, engine=engine, readonly=args.readonly, durable=args.durable)
     except (OSError, ValueError) as exc:  # RuleError/RuleFileError are ValueErrors
         print(f"blkdebug-nbd: {exc}", file=sys.stderr)
         return 1

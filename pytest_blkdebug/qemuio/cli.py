@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Iterable
 from typing import NoReturn, TextIO
 
-from ..core.disk import Disk
+from ..core.disk import DEFAULT_WAIT_TIMEOUT, Disk
 from ..core.errors import RuleError
 from ..core.events import EventRegistry
 from ..core.rules import Rule
@@ -42,7 +42,6 @@ from .commands import PROG
 from .session import Session
 
 #: Kept for scripts that pass it: blkdebug-io no longer waits (see loop.py).
-DEFAULT_WAIT_TIMEOUT = 10.0
 CACHE_MODES = ("none", "writeback", "unsafe", "directsync", "writethrough")
 
 
