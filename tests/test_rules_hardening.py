@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -168,3 +170,23 @@ def test_wait_break_timeout_names_the_suspended_tags(tmp_path: Path) -> None:
     disk.resume("A")
     writer.join(5)
     disk.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["blkdebug-io", "-c", "read 0 512", "blkdebug:{rules}:{image}"],
+        ["blkdebug-nbd", "--rules", "{rules}", "{image}"],
+    ],
+    ids=["blkdebug-io", "blkdebug-nbd"],
+)
+def test_the_command_line_tools_refuse_a_fifo_rule_file(tmp_path: Path, command: list[str]) -> None:
+    """Item 5: both tools used to hang reading a FIFO named as the rule file."""
+    fifo, image = tmp_path / "rules.ini", tmp_path / "img.raw"
+    os.mkfifo(fifo)
+    image.write_bytes(bytes(4096))
+    script = Path(sys.executable).parent / command[0]  # the venv's console script
+    args = [str(script), *(a.format(rules=fifo, image=image) for a in command[1:])]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "not a regular file (a FIFO)" in proc.stderr
