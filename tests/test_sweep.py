@@ -159,6 +159,8 @@ def test_it(blkdebug_sweep):
             "*SweepFailure: N=3: EIO injected into write of 4096 bytes at offset 8192; "
             "body returned; check failed: AssertionError: an I/O error was swallowed",
             "*- blkdebug sweep N=3 -*",
+            "rerun this point: pytest 'test_sweep_example.py::test_it' --blkdebug-sweep=3"
+            " --blkdebug-seed=*",
             "SUBFAILED[[]N=3[]] test_sweep_example.py::test_it*",
         ]
     )

@@ -214,6 +214,7 @@ class _Point:
 
     n: int
     disk: Disk
+    rerun: str
     crash: Crash | None = None
 
 
@@ -317,7 +318,7 @@ class Sweep:
         self._make_rule(rule, 1, persist)  # validate before any work
         registry.check(rule["event"])
         if seed is None:
-            seed = getattr(self.factory, "seed", None) or 0
+            seed = self.factory.harness.seed or 0
 
         self._runs += 1
         base = self.tmp_path / (f"sweep{self._runs}" if self._runs > 1 else "sweep")
@@ -367,7 +368,7 @@ class Sweep:
         reached = False
         with self._subtest(n):
             disk = Disk(where / IMAGE, engine=engine)
-            self.item.stash[_POINT] = _Point(n, disk)
+            self.item.stash[_POINT] = _Point(n, disk, self._rerun(n))
             recording = None
             if spec.mode == "crash":
                 recording = engine.record(workdir=where / "crash").start()
@@ -452,10 +453,16 @@ class Sweep:
             engine = Engine(registry=EventRegistry(spec.registry.custom), seed=spec.seed)
             with Disk(image, engine=engine) as disk:
                 outcome.crash = crash
-                self.item.stash[_POINT] = _Point(n, disk, crash)
+                self.item.stash[_POINT] = _Point(n, disk, self._rerun(n), crash)
                 if spec.check is not None:
                     self._check(n, spec.check, disk, outcome, rule)
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _rerun(self, n: int) -> str:
+        """The command line that runs point N again, with the same seeds."""
+        seed = self.factory.session.settings.seed
+        again = f" --blkdebug-seed={seed}" if seed is not None else ""
+        return f"pytest '{self.item.nodeid}' --blkdebug-sweep={n}{again}"
 
     @contextmanager
     def _subtest(self, n: int) -> Iterator[None]:
@@ -613,4 +620,5 @@ def pytest_runtest_makereport(
         text = format_report(point.disk)
         if point.crash is not None:
             text = f"{point.crash.describe()}\n{text}"
+        text += f"\nseed: {point.disk.engine.seed}\nrerun this point: {point.rerun}"
         report.sections.append((f"{SECTION} N={point.n}", text))
