@@ -15,7 +15,9 @@ them and the block) say how the block takes part:
 - ``<!-- output: above -->`` before a ``text``/``console`` block: its lines,
   in order, are lines of the output of the python block above it;
   ``<!-- output: pytest ARGS -->``: of ``pytest ARGS`` run in the page's
-  project at that point (``$ `` lines, blank lines and ``...`` are skipped;
+  project at that point; ``<!-- output: shell -->``: of the block's own
+  ``$ `` commands, run there with bash (``$ `` lines, blank lines and
+  ``...`` are skipped;
   temporary paths, durations and the closing line's padding are folded);
 - ``<!-- requires: NAME -->``: skip where the program or module NAME is missing;
 - ``<!-- no-run: REASON -->``: the block is not run; the reason is shown as
@@ -31,11 +33,15 @@ directory. A block without a marker that fails fails its test. docs/reference.md
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
+import os
 import re
 import runpy
 import shlex
 import shutil
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +114,10 @@ PYTEST_OUTPUTS = [
     b
     for blocks in ALL.values()
     for b in blocks
-    if b.directives.get("output", "above").startswith("pytest")
+    if b.directives.get("output", "above").split()[0] == "pytest"
+]
+SHELL_OUTPUTS = [
+    b for blocks in ALL.values() for b in blocks if b.directives.get("output") == "shell"
 ]
 
 
@@ -141,6 +150,7 @@ def test_every_python_block_is_run_or_says_why_not() -> None:
 def normal(line: str) -> str:
     line = re.sub(r"/tmp/\S+", "/tmp/PATH", line)  # temporary directories differ per run
     line = re.sub(r"\bin \d+\.\d+s\b", "in N.NNs", line)
+    line = re.sub(r"\d\d\.\d\d sec \(.*/sec and .* ops/sec\)", "TIME (RATE)", line)  # qemu-io
     closing = re.fullmatch(r"=+ (\d+ \w+.*) =+", line.strip())
     if closing:  # the counts, without the width-filling '=' and the in-process warnings
         line = re.sub(r", \d+ warnings?", "", closing.group(1))
@@ -285,6 +295,54 @@ def test_doc_pytest_output_is_what_pytest_prints(pytester: pytest.Pytester, bloc
     pytester.syspathinsert()
     result = pytester.runpytest("-p", "no:cacheprovider", *args)
     assert_shows(block, result.stdout.lines)
+
+
+def commands(block: Block) -> list[str]:
+    """The ``$ `` lines of a console block, continuation lines joined."""
+    found: list[str] = []
+    lines = iter(block.body.splitlines())
+    for line in lines:
+        if line.startswith("$ "):
+            command = line[2:]
+            while command.endswith("\\"):
+                command = command[:-1] + " " + next(lines).strip()
+            found.append(command)
+    return found
+
+
+def output_lines(block: Block) -> Block:
+    """The block without its commands (and their continuation lines)."""
+    kept, continued = [], False
+    for line in block.body.splitlines():
+        if line.startswith("$ ") or continued:
+            continued = line.endswith("\\")
+            continue
+        kept.append(line)
+    return dataclasses.replace(block, body="\n".join(kept) + "\n")
+
+
+@pytest.mark.parametrize("block", SHELL_OUTPUTS, ids=[b.id for b in SHELL_OUTPUTS])
+def test_doc_shell_output_is_what_the_commands_print(
+    pytester: pytest.Pytester, block: Block
+) -> None:
+    missing = requirement_missing(block)
+    if missing:
+        pytest.skip(f"{missing} is not installed")
+    build_project(pytester, block)
+    # the console scripts of the environment running the tests, active or not
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    output: list[str] = []
+    for command in commands(block):
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=pytester.path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        output += (done.stdout + done.stderr).splitlines()
+    assert_shows(output_lines(block), output)
 
 
 # -- README's quick start and its report --------------------------------------
