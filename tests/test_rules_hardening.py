@@ -190,3 +190,13 @@ def test_the_command_line_tools_refuse_a_fifo_rule_file(tmp_path: Path, command:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert "not a regular file (a FIFO)" in proc.stderr
+
+
+def test_ini_set_state_without_new_state_loads_as_qemu_does_with_a_warning() -> None:
+    """Item 20: QEMU's ini default (state 0) stays, but no longer silently."""
+    from pytest_blkdebug.core.rules import SetState
+    from pytest_blkdebug.rulefiles import RuleFileWarning
+
+    with pytest.warns(RuleFileWarning, match="set-state without new_state"):
+        rules = loads_ini('[set-state]\nevent = "read_aio"\n', path="s.ini")
+    assert rules == [SetState("read_aio", 0)]

@@ -495,6 +495,12 @@ class _IniParser:
         state = self._c_int(opts, "state", 0, MAX_STATE, 0)
         try:
             if opts.kind == "set-state":
+                if "new_state" not in opts.values:  # issue 12 item 20, kept as QEMU reads it
+                    self.warn(
+                        opts.header_line,
+                        "set-state without new_state: QEMU moves to state 0 "
+                        "(TOML files, markers and Python require new_state)",
+                    )
                 new_state = self._c_int(opts, "new_state", 0, MAX_STATE, 0)
                 return SetState(event=event, new_state=new_state, state=state, name=opts.name)
             err = self._c_int(opts, "errno", 0, MAX_ERRNO, errno_module.EIO)
