@@ -379,3 +379,27 @@ def test_crash_images_equal_the_naive_model(tmp_path_factory, ops):
         assert crash.read() == image([*must, *kept]), crash.describe()
     disk.close()
     run.close()
+
+
+def test_sqlite_adapter_reports_its_files_coming_and_going(tmp_path):
+    sqlite = pytest.importorskip("pytest_blkdebug.adapters.sqlite")
+    con = sqlite.open_database(tmp_path, "app.db", journal_mode="delete")
+    con.execute("PRAGMA synchronous=EXTRA")
+    con.execute("CREATE TABLE t(x)")
+    with con.engine.record() as run:
+        con.execute("INSERT INTO t VALUES (1)")
+    con.close()
+    journal = str(tmp_path / "app.db-journal")
+    ops = [(w.operation, w.path) for w in run.writes if w.path == journal]
+    assert ops[0] == ("create", journal)
+    assert ops[-1] == ("delete", journal)
+    assert ("discard", journal) in ops  # the delete is checked as a discard first
+    points = {c.point.operation for c in run.crashes()}
+    # the journal's first sync syncs the directory; EXTRA syncs it after the delete
+    assert "dirsync" in points
+    syncs = [f for f in run.log().flushes if f.unit.directory]
+    assert len(syncs) == 2
+    # every state: the database is there, the journal only if its creation was synced
+    for crash in run.crashes():
+        plan = crash.plan()
+        assert plan[str(tmp_path / "app.db")] is not None

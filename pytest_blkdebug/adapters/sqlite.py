@@ -60,6 +60,16 @@ Design
   Images are not fdatasync'ed unless the Disk is ``durable``: in a test the
   page cache is all any reader sees.
 
+* **Crash recording sees the files come and go.** While a recording runs
+  (``engine.record()``, ``core/crash.py``), the VFS reports each file it
+  creates, truncates and deletes, and each directory sync, through
+  ``engine.file_op``: ``xDelete`` syncs the directory when SQLite asks
+  (``syncDir``, set by ``synchronous=EXTRA``), and the first ``xSync`` of a
+  journal or WAL opened with ``SQLITE_OPEN_CREATE`` syncs it too, as the unix
+  VFS does. So every file (database, journal, WAL) crashes at one point of
+  one order, and a created or deleted file is durable only after its
+  directory sync. Temporary files are reported as such and not restored.
+
 Entry points: ``open_database(directory, name, engine=...)`` returns a
 ``Connection`` (an ``apsw.Connection`` with ``.vfs``) whose VFS is closed and
 unregistered with it; ``DiskVFS`` is a context manager for several
@@ -261,11 +271,11 @@ class DiskVFS(apsw.VFS):
         with self._lock:
             return {path: shared.disk for path, shared in self._files.items()}
 
-    def _acquire(self, path: str, create: bool) -> _Shared:
+    def _acquire(self, path: str, create: bool, temporary: bool = False) -> _Shared:
         with self._lock:
             shared = self._files.get(path)
             if shared is None:
-                shared = _Shared(self._open_image(path, create), path)
+                shared = _Shared(self._open_image(path, create, temporary), path)
                 self._files[path] = shared
             shared.refs += 1
             return shared
@@ -277,9 +287,11 @@ class DiskVFS(apsw.VFS):
                 del self._files[shared.path]
                 shared.disk.close()
 
-    def _open_image(self, path: str, create: bool) -> Disk:
+    def _open_image(self, path: str, create: bool, temporary: bool = False) -> Disk:
         """Open an image addressable up to the capacity; its file keeps its logical size."""
         flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        recording = bool(self.engine.recorders)
+        created = recording and create and not os.path.exists(path)
         try:
             fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
@@ -288,6 +300,8 @@ class DiskVFS(apsw.VFS):
             capacity = max(self.capacity, os.fstat(fd).st_size)
         finally:
             os.close(fd)
+        if created or (recording and temporary):  # a new directory entry (crash.py)
+            self.engine.file_op("create", path, temporary=temporary)
         return Disk(path, engine=self.engine, size=capacity)
 
     # -- apsw.VFS ---------------------------------------------------------------
@@ -305,9 +319,13 @@ class DiskVFS(apsw.VFS):
             fd, path = tempfile.mkstemp(prefix=f"sqlite-{kind}-", dir=self.temp_dir)
             os.close(fd)
         create = bool(in_flags & apsw.SQLITE_OPEN_CREATE)
-        shared = self._acquire(path, create)
+        shared = self._acquire(path, create, temporary=name is None)
         flags[1] = in_flags
-        return _File(self, shared, kind, bool(in_flags & apsw.SQLITE_OPEN_DELETEONCLOSE))
+        handle = _File(self, shared, kind, bool(in_flags & apsw.SQLITE_OPEN_DELETEONCLOSE))
+        # SQLite's unix VFS syncs the directory at the first sync of a journal
+        # or WAL it opened with O_CREAT, so the new file's entry is durable.
+        handle.sync_dir = create and kind in ("journal", "wal")
+        return handle
 
     def xDelete(self, filename: str, syncdir: bool) -> None:  # noqa: N802
         """Raise ``sqlite_<kind>_delete``, check it as a discard of the whole
@@ -328,6 +346,10 @@ class DiskVFS(apsw.VFS):
             except OSError as exc:
                 raise self._failed(kind, "delete", filename, exc) from exc
             os.unlink(filename)
+            if self.engine.recorders:  # a delete is durable once its directory is synced
+                self.engine.file_op("delete", filename)
+                if syncdir:
+                    self.engine.file_op("dirsync", os.path.dirname(filename))
         finally:
             if shared is None:
                 disk.close()
@@ -430,6 +452,7 @@ class _File:
         self.kind = kind
         self.path = shared.path
         self.delete_on_close = delete_on_close
+        self.sync_dir = False
         self.level = _LOCK_NONE
         self._events = {op: f"sqlite_{kind}_{op}" for op in OPERATIONS}
         self._closed = False
@@ -469,6 +492,10 @@ class _File:
         try:
             self._begin("sync")
             self.disk.flush()
+            if self.sync_dir:
+                self.sync_dir = False
+                if self.disk.engine.recorders:
+                    self.disk.engine.file_op("dirsync", os.path.dirname(self.path))
         except OSError as exc:
             raise self.vfs._failed(self.kind, "sync", self.path, exc) from exc
 
@@ -485,6 +512,8 @@ class _File:
             if newsize < size:
                 self.disk.discard(newsize, size - newsize)
             os.ftruncate(self.disk.fileno(), newsize)
+            if self.disk.engine.recorders:
+                self.disk.engine.file_op("truncate", self.path, size=newsize, disk=self.disk)
         except OSError as exc:
             raise self.vfs._failed(self.kind, "truncate", self.path, exc) from exc
 
@@ -502,6 +531,9 @@ class _File:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+            else:
+                if self.disk.engine.recorders:
+                    self.disk.engine.file_op("delete", self.path)
 
     # -- locks between connections of this process ----------------------------
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -162,13 +161,16 @@ class Crash:
         content = plan[path]
         if content is None:
             raise FileNotFoundError(f"{path} does not exist in crash state {self.id}")
-        folder = os.path.join(self.recording.workdir, f"crash-{next(self.recording.crash_count)}")
-        os.makedirs(folder)
-        target = os.path.join(folder, os.path.basename(path))
+        # One directory for all copies: a file is cheap to create and remove,
+        # a directory costs milliseconds on some file systems.
+        folder = os.path.join(self.recording.workdir, "crashes")
+        os.makedirs(folder, exist_ok=True)
+        name = f"{next(self.recording.crash_count)}-{self.id}-{os.path.basename(path)}"
+        target = os.path.join(folder, name)
         _materialize(content, target, self.seed)
         if "engine" not in kwargs:
             kwargs["engine"] = Engine()
-        return CrashDisk(target, folder, **kwargs)
+        return CrashDisk(target, **kwargs)
 
     def read(self, disk: Disk | str | os.PathLike[str] | None = None) -> bytes | None:
         """The whole crash image of ``disk`` as bytes (None: the file is absent).
@@ -242,15 +244,17 @@ class _Maybe:
 class CrashDisk(Disk):
     """A Disk on a crash image copy; closing it removes the copy (``keep=True`` keeps it)."""
 
-    def __init__(self, path: str, folder: str, *, keep: bool = False, **kwargs: Any) -> None:
+    def __init__(self, path: str, *, keep: bool = False, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
-        self._folder = folder
         self._keep = keep
 
     def close(self) -> list[tuple[str, Any]]:
         released = super().close()
         if not self._keep:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
         return released
 
 
