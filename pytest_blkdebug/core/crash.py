@@ -45,8 +45,9 @@ __all__ = ["DEFAULT_SECTOR_SIZE", "Point", "Recording", "Write"]
 
 DEFAULT_SECTOR_SIZE = 512
 
-# log item kinds (the second field of every log tuple)
-_STORE, _FLUSH, _MARK, _DIR = 0, 1, 2, 3
+# Log items: a store is ``(unit, operation, offset, length, data)``; the
+# others start with one of these tags.
+_FLUSH, _MARK, _DIR = 1, 2, 3
 #: The operations that change a file's contents or size.
 CONTENT_OPERATIONS = ("write", "write_zeroes", "discard", "truncate")
 #: The operations on a directory's entries.
@@ -107,6 +108,7 @@ class Unit:
     sector_size: int = DEFAULT_SECTOR_SIZE
     atomic: int | None = None
     temporary: bool = False
+    truncated: bool = False  # the log holds a truncate of this inode
 
     @property
     def tear_unit(self) -> int:
@@ -127,10 +129,14 @@ class Entry:
     data: bytes | None
     path: str
     target: Unit | None = None  # the inode a ``create`` makes
+    hash: int = 0  # crashplan's, once computed
+    _write: Write | None = None
 
     @property
     def write(self) -> Write:
-        return Write(self.number, self.operation, self.path, self.offset, self.length)
+        if self._write is None:
+            self._write = Write(self.number, self.operation, self.path, self.offset, self.length)
+        return self._write
 
 
 @dataclass
@@ -194,11 +200,12 @@ class Recording:
         else:
             self.workdir = os.fspath(workdir)
             os.makedirs(self.workdir, exist_ok=True)
-        self._clock = itertools.count(1)
         self._log: list[tuple[Any, ...]] = []
         self._append = self._log.append
         self._lock = threading.Lock()
-        self._units: weakref.WeakKeyDictionary[Disk, Unit] = weakref.WeakKeyDictionary()
+        # Disk -> its unit: a plain dict (a weak one costs a weakref per
+        # request); the disks stay referenced until the recording stops.
+        self._units: dict[Disk, Unit] = {}
         self._live: dict[str, Unit] = {}  # path -> the inode there now
         self._base: dict[str, Unit | None] = {}  # path -> inode at the start (None: absent)
         self._dirs: dict[str, Unit] = {}
@@ -209,6 +216,8 @@ class Recording:
         self._cached: Log | None = None
         self._cached_size = -1
         self.crash_count = itertools.count(1)
+        #: Unmodified crash copies kept for reuse, per unit: (path, content).
+        self.pool: dict[int, tuple[str, Any]] = {}
 
     # -- lifetime ----------------------------------------------------------------
 
@@ -228,6 +237,7 @@ class Recording:
         if self._started and not self._stopped:
             self._stopped = True
             self.engine.recorders = tuple(r for r in self.engine.recorders if r is not self)
+            self._units.clear()
 
     @property
     def recording(self) -> bool:
@@ -266,7 +276,7 @@ class Recording:
 
         A crash lists the marks issued before its point (``marks``) and those
         followed by a completed flush (``durable_marks``)."""
-        self._append((next(self._clock), _MARK, label))
+        self._append((_MARK, label))
 
     # -- hooks called by the request path and the adapters -----------------------
 
@@ -274,20 +284,22 @@ class Recording:
         self, disk: Disk, operation: str, offset: int, length: int, data: bytes | None
     ) -> None:
         """A write, write-zeroes or discard reached the image (what was really stored)."""
-        unit = self._units.get(disk) or self._adopt(disk)
+        unit = self._units.get(disk)
+        if unit is None:
+            unit = self._adopt(disk)
         if data is not None and type(data) is not bytes:
-            data = bytes(data)
-        self._append((next(self._clock), _STORE, unit, operation, offset, length, data, unit.path))
+            data = bytes(data)  # the caller may reuse its buffer
+        self._append((unit, operation, offset, length, data))
 
     def on_flush_begin(self, disk: Disk) -> tuple[Unit, int]:
         """A flush was issued; the token says which writes it covers."""
         unit = self._units.get(disk) or self._adopt(disk)
-        return unit, next(self._clock)
+        return unit, len(self._log)
 
     def on_flush_end(self, disk: Disk, token: tuple[Unit, int], ok: bool) -> None:
         """The flush issued with ``token`` completed (``ok``) or failed."""
         unit, begin = token
-        self._append((next(self._clock), _FLUSH, unit, begin, ok))
+        self._append((_FLUSH, unit, begin, ok))
 
     def on_file_op(self, kind: str, path: str, details: dict[str, Any]) -> None:
         """``create``, ``delete``, ``truncate`` (``size=``), ``dirsync`` of a
@@ -306,22 +318,21 @@ class Recording:
                 if disk is not None:
                     self._units[disk] = unit
                 folder = self._dir(os.path.dirname(path))
-                self._append((next(self._clock), _DIR, folder, "create", path, unit))
+                self._append((_DIR, folder, "create", path, unit))
         elif kind == "delete":
             with self._lock:
                 self._live.pop(path, None)
                 folder = self._dir(os.path.dirname(path))
-                self._append((next(self._clock), _DIR, folder, "delete", path, None))
+                self._append((_DIR, folder, "delete", path, None))
         elif kind == "truncate":
             disk = details.get("disk")
             known = self._units.get(disk) if disk is not None else None
             unit = known or self._live.get(path) or self._adopt_path(path)
             size = int(details["size"])
-            self._append((next(self._clock), _STORE, unit, "truncate", size, 0, None, path))
+            self._append((unit, "truncate", size, 0, None))
         elif kind == "dirsync":
             folder = self._dir(path)
-            clock = next(self._clock)
-            self._append((next(self._clock), _FLUSH, folder, clock, True))
+            self._append((_FLUSH, folder, len(self._log), True))
         else:
             raise ValueError(
                 f"unknown file operation {kind!r} (create, delete, truncate, dirsync, open)"
@@ -365,29 +376,33 @@ class Recording:
     # -- the log -----------------------------------------------------------------
 
     def log(self) -> Log:
-        """The log sorted and resolved: entries, flushes and marks, request
-        numbers assigned (cached until something new is logged)."""
+        """The log resolved: entries, flushes and marks, request numbers
+        assigned (cached until something new is logged). An item's position
+        in the log is its clock: appends happen as requests complete."""
         raw = list(self._log)
         if self._cached is not None and self._cached_size == len(raw):
             return self._cached
-        raw.sort(key=lambda item: item[0])
         result = Log(paths=dict(self._base))
         number = 0
-        for item in raw:
-            kind = item[1]
+        for n, item in enumerate(raw):
+            kind = item[0]
             if kind == _MARK:
-                result.marks.append(Mark(item[2], item[0]))
+                result.marks.append(Mark(item[1], n))
                 continue
             number += 1
-            if kind == _STORE:
-                n, _, unit, operation, offset, length, data, path = item
-                result.entries.append(Entry(n, number, unit, operation, offset, length, data, path))
+            if kind == _FLUSH:
+                _, unit, begin, ok = item
+                result.flushes.append(Flush(n, number, unit, begin, ok))
             elif kind == _DIR:
-                n, _, folder, operation, path, target = item
+                _, folder, operation, path, target = item
                 result.entries.append(Entry(n, number, folder, operation, 0, 0, None, path, target))
             else:
-                n, _, unit, begin, ok = item
-                result.flushes.append(Flush(n, number, unit, begin, ok))
+                unit, operation, offset, length, data = item
+                if operation == "truncate":
+                    unit.truncated = True
+                result.entries.append(
+                    Entry(n, number, unit, operation, offset, length, data, unit.path)
+                )
         result.last_number = number
         good = [f for f in result.flushes if f.ok]
         for mark in result.marks:

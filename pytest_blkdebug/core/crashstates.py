@@ -28,23 +28,18 @@ writes, so it costs what was written, not the image's size.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .crash import Entry, Flush, Log, Point, Recording, Unit, Write
+from .crashplan import INFINITY, EpochBase, Kept, Plan, materialize, state_plan, update
 from .disk import Disk
 from .engine import Engine
-from .image import copy_sparse as _copy_sparse
-from .image import punch_hole as _punch_hole
 
 __all__ = ["Crash", "CrashList", "build"]
-
-_INFINITY = 1 << 62
 
 
 @dataclass(eq=False)
@@ -55,10 +50,17 @@ class Epoch:
     durable: dict[int, int]  # unit ident -> clock below which its entries are durable
     volatile: list[Entry]
     durable_count: int = 0
+    marks: tuple[str, ...] = ()
+    durable_marks: tuple[str, ...] = ()
+    _base: EpochBase | None = None
+
+    def base(self, log: Log) -> EpochBase:
+        if self._base is None:
+            self._base = EpochBase(log, self.durable, self.end)
+        return self._base
 
 
-#: (entry, bytes of it that reached the disk or None for all, garbage after the cut)
-Kept = tuple[Entry, "int | None", bool]
+Content = tuple[Unit, int, list[Kept]]
 
 
 class Crash:
@@ -81,7 +83,7 @@ class Crash:
     ) -> None:
         self.recording = recording
         self.seed = seed
-        self._log = log
+        self._base = epoch.base(log)
         self._epoch = epoch
         self.id = f"e{epoch.index}-{choice}"
         self.epoch = epoch.index
@@ -97,14 +99,11 @@ class Crash:
         self.cut = torn[1] if torn is not None else None
         self.garbage = torn[2] if torn is not None else False
         self.durable = epoch.durable_count
-        self.marks: tuple[str, ...] = tuple(m.label for m in log.marks if m.n < epoch.end)
+        self.marks = epoch.marks
+        self.durable_marks = epoch.durable_marks
         #: The ids of states that leave the same images (listed once, here).
         self.same_as: list[str] = []
-        self.durable_marks: tuple[str, ...] = tuple(
-            m.label
-            for m in log.marks
-            if m.n < epoch.end and m.durable_at is not None and m.durable_at < epoch.end
-        )
+        self._key: int | None = None
 
     def _merge(self, other: Crash) -> None:
         """``other`` leaves the same images at another point: keep its id and
@@ -115,14 +114,16 @@ class Crash:
 
     # -- what the state holds ----------------------------------------------------
 
-    def plan(self) -> dict[str, tuple[Unit, int, list[Kept]] | None]:
+    def plan(self) -> Plan:
         """Per file path: None (absent), or its inode, size and the effective
         writes to apply to the inode's base, in completion order."""
-        return _plan(self._log, self._epoch, self._chosen, self._torn)[0]
+        return state_plan(self._base, self._chosen, self._torn)[0]
 
-    def key(self) -> bytes:
-        """A digest of the effective write set (equal keys, equal images)."""
-        return _plan(self._log, self._epoch, self._chosen, self._torn)[1]
+    def key(self) -> int:
+        """A set-hash of the effective write set (equal keys, equal images)."""
+        if self._key is None:
+            self._key = state_plan(self._base, self._chosen, self._torn)[1]
+        return self._key
 
     # -- images ------------------------------------------------------------------
 
@@ -148,7 +149,7 @@ class Crash:
                 if os.path.lexists(target):
                     os.unlink(target)
                 continue
-            _materialize(content, target, self.seed)
+            materialize(content, target, self.seed)
             written.append(target)
         return written
 
@@ -161,16 +162,23 @@ class Crash:
         content = plan[path]
         if content is None:
             raise FileNotFoundError(f"{path} does not exist in crash state {self.id}")
-        # One directory for all copies: a file is cheap to create and remove,
-        # a directory costs milliseconds on some file systems.
-        folder = os.path.join(self.recording.workdir, "crashes")
-        os.makedirs(folder, exist_ok=True)
-        name = f"{next(self.recording.crash_count)}-{self.id}-{os.path.basename(path)}"
-        target = os.path.join(folder, name)
-        _materialize(content, target, self.seed)
-        if "engine" not in kwargs:
-            kwargs["engine"] = Engine()
-        return CrashDisk(target, **kwargs)
+        pool = self.recording.pool
+        pooled = pool.pop(content[0].ident, None) if "engine" not in kwargs else None
+        if pooled is not None and update(pooled[0], pooled[1], content, self.seed):
+            target = pooled[0]
+        else:
+            if pooled is not None:
+                os.unlink(pooled[0])
+            # One directory for all copies: a file is cheap to create and
+            # remove, a directory costs milliseconds on some file systems.
+            folder = os.path.join(self.recording.workdir, "crashes")
+            os.makedirs(folder, exist_ok=True)
+            name = f"{next(self.recording.crash_count)}-{os.path.basename(path)}"
+            target = os.path.join(folder, name)
+            materialize(content, target, self.seed)
+        if "engine" in kwargs:
+            return CrashDisk(target, **kwargs)
+        return CrashDisk(target, engine=Engine(), pool=(pool, content), **kwargs)
 
     def read(self, disk: Disk | str | os.PathLike[str] | None = None) -> bytes | None:
         """The whole crash image of ``disk`` as bytes (None: the file is absent).
@@ -188,7 +196,7 @@ class Crash:
 
     def _pick(
         self,
-        plan: dict[str, tuple[Unit, int, list[Kept]] | None],
+        plan: Plan,
         disk: Disk | str | os.PathLike[str] | None,
     ) -> str:
         if disk is None:
@@ -242,20 +250,63 @@ class _Maybe:
 
 
 class CrashDisk(Disk):
-    """A Disk on a crash image copy; closing it removes the copy (``keep=True`` keeps it)."""
+    """A Disk on a crash image copy; closing it removes the copy (``keep=True``
+    keeps it). An unmodified copy is recycled: the recording turns it into
+    the next state's image of the same file by rewriting only what differs."""
 
-    def __init__(self, path: str, *, keep: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        keep: bool = False,
+        pool: tuple[dict[int, tuple[str, Content]], Content] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(path, **kwargs)
         self._keep = keep
+        self._pool = pool
+        self._tracker = _Modified()
+        if pool is not None:
+            self.engine.recorders = (self._tracker,)  # type: ignore[assignment]
 
     def close(self) -> list[tuple[str, Any]]:
         released = super().close()
-        if not self._keep:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        if self._keep:
+            return released
+        if self._pool is not None and not self._tracker.modified:
+            pool, content = self._pool
+            previous = pool.get(content[0].ident)
+            pool[content[0].ident] = (self.path, content)
+            if previous is None:
+                return released
+            path = previous[0]
+        else:
+            path = self.path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         return released
+
+
+class _Modified:
+    """A recorder that only notes whether anything was stored (or truncated)."""
+
+    modified = False
+
+    def on_store(
+        self, disk: object, operation: str, offset: int, length: int, data: object
+    ) -> None:
+        self.modified = True
+
+    def on_flush_begin(self, disk: object) -> None:
+        return None
+
+    def on_flush_end(self, disk: object, token: object, ok: bool) -> None:
+        pass
+
+    def on_file_op(self, kind: str, path: str, details: object) -> None:
+        self.modified = True
 
 
 class CrashList(list[Crash]):
@@ -323,7 +374,14 @@ def epochs(log: Log) -> list[Epoch]:
         durable[ident] = max(durable.get(ident, 0), item.begin)
         pending = [e for e in pending if not (e.unit.ident == ident and e.n < item.begin)]
     point = Point(log.last_number + 1, "end", "", 0, 0)
-    result.append(Epoch(len(result), point, _INFINITY, dict(durable), pending, durable_count))
+    result.append(Epoch(len(result), point, INFINITY, dict(durable), pending, durable_count))
+    for epoch in result:
+        epoch.marks = tuple(m.label for m in log.marks if m.n < epoch.end)
+        epoch.durable_marks = tuple(
+            m.label
+            for m in log.marks
+            if m.n < epoch.end and m.durable_at is not None and m.durable_at < epoch.end
+        )
     return result
 
 
@@ -341,7 +399,7 @@ def build(
         raise ValueError("max_states and subset_limit must not be negative")
     log = recording.log()
     result = CrashList()
-    seen: dict[bytes, Crash] = {}
+    seen: dict[int, Crash] = {}
     total = 0
     all_epochs = epochs(log)
     for epoch in all_epochs:
@@ -402,131 +460,3 @@ def _cuts(entry: Entry) -> list[int]:
     start, end = entry.offset, entry.offset + entry.length
     first = (start // unit + 1) * unit
     return [b - start for b in range(first, end, unit)]
-
-
-# -- effective writes and plans -----------------------------------------------------
-
-
-class _Cover:
-    """Disjoint sorted intervals: which bytes later writes decide."""
-
-    __slots__ = ("starts", "ends")
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-
-    def covers(self, lo: int, hi: int) -> bool:
-        i = bisect_right(self.starts, lo) - 1
-        return i >= 0 and self.ends[i] >= hi
-
-    def add(self, lo: int, hi: int) -> None:
-        if hi <= lo:
-            return
-        i = bisect_left(self.ends, lo)
-        j = bisect_right(self.starts, hi)
-        if i < j:
-            lo = min(lo, self.starts[i])
-            hi = max(hi, self.ends[j - 1])
-        self.starts[i:j] = [lo]
-        self.ends[i:j] = [hi]
-
-
-def _plan(
-    log: Log, epoch: Epoch, chosen: Sequence[Entry], torn: tuple[Entry, int, bool] | None
-) -> tuple[dict[str, tuple[Unit, int, list[Kept]] | None], bytes]:
-    """Resolve a state: which inode each path names, and per reachable inode
-    its size and the writes that still decide a byte; plus the state's key."""
-    extra = {id(e) for e in chosen}
-    kept: dict[int, list[Kept]] = {}
-    for entry in log.entries:
-        if entry.n >= epoch.end:
-            break
-        if _is_durable(entry, epoch) or id(entry) in extra:
-            kept.setdefault(entry.unit.ident, []).append((entry, None, False))
-        elif torn is not None and entry is torn[0]:
-            kept.setdefault(entry.unit.ident, []).append((entry, torn[1], torn[2]))
-    # which inode each path names: the last kept create/delete, else the
-    # one there when recording began
-    names: dict[str, Unit | None] = dict(log.paths)
-    dir_entries = sorted(
-        (e for lst in kept.values() for e, _, _ in lst if e.unit.directory), key=lambda e: e.n
-    )
-    for entry in dir_entries:
-        names[entry.path] = entry.target if entry.operation == "create" else None
-    digest = hashlib.blake2b(digest_size=20)
-    plan: dict[str, tuple[Unit, int, list[Kept]] | None] = {}
-    for path in sorted(names):
-        unit = names[path]
-        if unit is None:
-            plan[path] = None
-            digest.update(f"{path}\0-\0".encode())
-            continue
-        writes = kept.get(unit.ident, [])
-        size = unit.base_size
-        for entry, cut, garbage in writes:
-            if entry.operation == "write":
-                size = max(size, entry.offset + (entry.length if cut is None or garbage else cut))
-            elif entry.operation == "truncate":
-                size = entry.offset
-        effective = _effective(writes)
-        plan[path] = (unit, size, effective)
-        digest.update(f"{path}\0{unit.ident}\0{size}\0".encode())
-        for entry, cut, garbage in effective:
-            digest.update(f"{entry.n},{cut},{int(garbage)};".encode())
-    return plan, digest.digest()
-
-
-def _effective(writes: list[Kept]) -> list[Kept]:
-    """The writes not wholly overwritten by later ones (truncates always stay)."""
-    cover = _Cover()
-    result: list[Kept] = []
-    for item in reversed(writes):
-        entry, cut, garbage = item
-        if entry.operation == "truncate":
-            result.append(item)
-            cover.add(entry.offset, _INFINITY)
-            continue
-        lo = entry.offset
-        hi = lo + (entry.length if cut is None or garbage else cut)
-        if hi > lo and not cover.covers(lo, hi):
-            result.append(item)
-        cover.add(lo, hi)
-    result.reverse()
-    return result
-
-
-def _materialize(content: tuple[Unit, int, list[Kept]], target: str, seed: int) -> None:
-    """Write one file's crash image: its base snapshot (a sparse copy or a
-    reflink), then the state's effective writes, then its size."""
-    unit, size, writes = content
-    if unit.base is not None:
-        _copy_sparse(unit.base, target)
-    else:
-        with open(target, "wb"):
-            pass
-    fd = os.open(target, os.O_RDWR)
-    try:
-        for entry, cut, garbage in writes:
-            op = entry.operation
-            if op == "truncate":
-                os.ftruncate(fd, entry.offset)
-                continue
-            written = entry.length if cut is None else cut
-            if op == "write":
-                assert entry.data is not None
-                if written:
-                    os.pwrite(
-                        fd, entry.data[:written] if cut is not None else entry.data, entry.offset
-                    )
-            else:
-                current = os.fstat(fd).st_size
-                end = min(entry.offset + written, current)
-                if end > entry.offset:
-                    _punch_hole(fd, entry.offset, end - entry.offset)
-            if garbage and cut is not None and cut < entry.length:
-                rng = random.Random(f"{seed}/garbage/{entry.number}/{cut}")
-                os.pwrite(fd, rng.randbytes(entry.length - cut), entry.offset + cut)
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)

@@ -344,8 +344,9 @@ class Disk:
                 if slot is not None and slot.errno:
                     raise InjectedError(slot.errno, slot.rule, "write", offset, length)
             self.image.pwrite(offset, data)
-            if engine.recorders:
-                self._stored("write", offset, length, data)
+            if engine.recorders:  # crash.py: what reached the image
+                for recorder in engine.recorders:
+                    recorder.on_store(self, "write", offset, length, data)  # type: ignore[arg-type]
             if engine.watches_stores:  # bad sectors heal when written
                 engine.stored(offset, length)
         finally:
