@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import math
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 
@@ -17,6 +19,7 @@ import pytest
 
 import pytest_blkdebug as bd
 from pytest_blkdebug import InjectError, SetState
+from pytest_blkdebug.core import image as image_module
 from pytest_blkdebug.core.limits import check_timeout
 
 LINUX_MAX_IO = 0x7FFFF000
@@ -25,28 +28,49 @@ LINUX_MAX_IO = 0x7FFFF000
 # -- 1. reads over ~2 GiB --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def huge_disk(tmp_path_factory):
-    """A sparse image just past Linux's per-call limit, with data at its end."""
+@pytest.fixture
+def one_huge_test_at_a_time():
+    """A 2 GiB read needs 4 GiB of memory for a moment: let one process of
+    the machine (xdist workers, parallel runs) do it at a time."""
+    with open(os.path.join(tempfile.gettempdir(), "pytest-blkdebug-huge.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def test_a_read_past_the_per_call_limit_returns_the_real_data(tmp_path, one_huge_test_at_a_time):
+    # A sparse image just past Linux's per-call limit, with data at its end.
     size = LINUX_MAX_IO + 8192
-    disk = bd.Disk.create(tmp_path_factory.mktemp("huge") / "huge.img", size)
-    disk.write(size - 4, b"tail")
-    yield disk
-    disk.close()
+    with bd.Disk.create(tmp_path / "huge.img", size) as disk:
+        disk.write(size - 4, b"tail")
+        data = disk.read(0, size)
+        assert len(data) == size
+        assert data[-4:] == b"tail"
+        del data
+
+
+@pytest.fixture
+def short_reads(monkeypatch):
+    """The kernel's short reads, small: at most 1000 bytes per pread call."""
+    real = os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        return real(fd, min(n, 1000), offset)
+
+    monkeypatch.setattr(image_module.os, "pread", pread)
 
 
 @pytest.mark.parametrize("how", ["disk", "file", "aio"])
-def test_a_read_past_the_per_call_limit_returns_the_real_data(huge_disk, how):
-    size = huge_disk.size
-    if how == "disk":
-        data = huge_disk.read(0, size)
-    elif how == "file":
-        data = huge_disk.fileobj().read(size)
-    else:
-        data = asyncio.run(huge_disk.aio.read(0, size))
-    assert len(data) == size
-    assert data[-4:] == b"tail"
-    del data
+def test_short_host_reads_are_finished_not_padded(tmp_path, short_reads, how):
+    with bd.Disk.create(tmp_path / "img", 8192) as disk:
+        disk.write(0, bytes(range(256)) * 32)
+        if how == "disk":
+            data = disk.read(0, 8192)
+        elif how == "file":
+            data = disk.fileobj().read(8192)
+        else:
+            data = asyncio.run(disk.aio.read(0, 8192))
+    assert data == bytes(range(256)) * 32
 
 
 def test_a_read_past_the_end_of_a_growing_file_pads_with_zeroes(tmp_path):
