@@ -13,6 +13,14 @@ apply, without taking the lock. Arming reuses a prebuilt index per (event,
 state), so re-arming a thousand rules costs the same as arming one, and the
 index (``active.py``) finds the deciding rule by iotype and 4 KiB page
 instead of walking the active list.
+
+Beyond QEMU: the deciding rule may let a request pass (``after``, a seeded
+draw against ``probability``) and its decision may carry a delay or a lie;
+each rule's randomness comes from its own stream, seeded from
+(``engine.seed``, rule name), so it is reproducible and independent of
+other traffic. Bad-sector rules (``badsectors.py``) sit below the active
+list, like the device below blkdebug: reads that touch one fail until a
+store, reported through ``stored()``, heals it.
 """
 
 from __future__ import annotations
