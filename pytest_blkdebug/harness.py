@@ -21,7 +21,6 @@ No pytest here.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
 import time
@@ -45,7 +44,6 @@ __all__ = [
     "RuleFileCache",
     "Summary",
     "assemble_engine",
-    "check_timeout",
     "derive_seed",
     "summary_properties",
 ]
@@ -56,32 +54,6 @@ HitCallback = Callable[[Disk, str], None]
 #: Longest wait, in all, for threads that teardown resumed to finish (so an
 #: exception they raise is reported with the test that suspended them).
 RESUMED_JOIN_TIMEOUT = 2.0
-
-
-def check_timeout(value: object, what: str) -> float:
-    """``value`` as a finite number of seconds > 0, else ``ValueError`` naming ``what``.
-
-    Strings are accepted (option values are strings). ``nan`` would make a
-    wait endless and ``inf`` overflows the lock's timeout, so both are refused.
-    """
-    seconds = math.nan
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except ValueError:
-            pass
-    if math.isfinite(seconds) and seconds > 0:
-        return seconds
-    finite = "finite " if math.isinf(seconds) or _is_nan_text(value) else ""
-    need = f"a {finite}number of seconds > 0"
-    raise ValueError(f"{what}: invalid value {value!r} ({need})")
-
-
-def _is_nan_text(value: object) -> bool:
-    try:
-        return isinstance(value, (int, float, str)) and math.isnan(float(value))
-    except ValueError:
-        return False
 
 
 def derive_seed(seed: int, key: str) -> int:

@@ -36,9 +36,10 @@ import pytest
 from ..core.disk import Disk, create_image
 from ..core.engine import Engine, Hold
 from ..core.errors import BreakpointError, BreakpointTimeout, InjectedError, RuleError
+from ..core.limits import check_timeout
 from ..core.rules import Rule
 from ..core.sizes import parse_size
-from ..harness import Harness, check_timeout, summary_properties
+from ..harness import Harness, summary_properties
 from . import crash, hookspecs, sweep
 from .markers import (
     BlkdebugMarkerWarning,
@@ -207,9 +208,9 @@ class DiskFactory:
         if any(d.path == str(path) for d in self.disks):
             raise ValueError(f"blkdebug_disk_factory: this test already has a disk named {name!r}")
         if wait_timeout is not None:
-            wait_timeout = check_timeout(wait_timeout, "blkdebug_disk_factory: wait_timeout")
+            wait_timeout = check_timeout("blkdebug_disk_factory: wait_timeout", wait_timeout)
         if hold_timeout is not None:
-            hold_timeout = check_timeout(hold_timeout, "blkdebug_disk_factory: hold_timeout")
+            hold_timeout = check_timeout("blkdebug_disk_factory: hold_timeout", hold_timeout)
         no_rules = self.session.settings.no_rules
         if engine is None:
             chosen = self.plan.rules if rules is None else rules

@@ -22,9 +22,10 @@ import pytest
 
 from ..core.errors import RuleError
 from ..core.events import EventRegistry, register_events
+from ..core.limits import check_timeout
 from ..core.rules import Rule, make_rule, marker_help, rule_name
 from ..core.sizes import parse_size
-from ..harness import DEFAULT_HOLD_TIMEOUT, DEFAULT_WAIT_TIMEOUT, check_timeout
+from ..harness import DEFAULT_HOLD_TIMEOUT, DEFAULT_WAIT_TIMEOUT
 from .options import Settings
 
 __all__ = [
@@ -235,7 +236,7 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                     raise ValueError(f"must be a number of seconds > 0, not {value!r}")
                 try:  # nan and inf: not numbers of seconds
-                    setattr(plan, key, check_timeout(value, f"argument {key!r}"))
+                    setattr(plan, key, check_timeout(f"argument {key!r}", value))
                 except ValueError as exc:
                     raise MarkerError(f"{text}: {exc}") from None
         except (ValueError, TypeError) as exc:

@@ -22,8 +22,9 @@ import pytest
 
 from ..core.errors import RuleError
 from ..core.events import EventRegistry
+from ..core.limits import check_timeout
 from ..core.sizes import parse_size
-from ..harness import DEFAULT_HOLD_TIMEOUT, DEFAULT_WAIT_TIMEOUT, check_timeout
+from ..harness import DEFAULT_HOLD_TIMEOUT, DEFAULT_WAIT_TIMEOUT
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -237,9 +238,15 @@ class Settings:
 def _timeout(config: pytest.Config, name: str, default: float) -> float:
     """A timeout option: a finite number of seconds > 0 (not nan, not inf)."""
     text = _pick(config.getoption(f"blkdebug_{name}"), config.getini(f"blkdebug_{name}"), default)
-    flag = "--blkdebug-" + name.replace("_", "-")
+    names = f"blkdebug_{name} / --blkdebug-{name.replace('_', '-')}"
     try:
-        return check_timeout(text, f"blkdebug_{name} / {flag}")
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:  # nan is not: the core's check refuses it, and inf
+        raise pytest.UsageError(f"{names}: invalid value {text!r} (a number of seconds > 0)")
+    try:
+        return check_timeout(names, seconds)  # the core's: nan and inf are refused too
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
 
