@@ -16,7 +16,10 @@ from the keyword arguments that fails the Nth matching request (or, with
 ``check(disk, outcome)``. Each N is a subtest named ``N=<n>``; a failure names
 N, the request that failed and what ``body`` raised. ``--blkdebug-sweep=N``
 reruns one point; ``@pytest.mark.blkdebug_split(K)`` spreads the points of a
-test over K items (every K-th N), for ``pytest -n``.
+test over K items (every K-th N), for ``pytest -n``. With ``mode="crash"``
+the power is lost at the Nth request instead, and ``check`` sees each crash
+image that point can leave (``core/crash.py`` records, ``core/crashstates.py``
+builds the images), as Pebble's crash tests do. docs/sweeps.md has the guide.
 
 This module is a pytest plugin of its own (registered by the package's plugin
 module): its option, its fixture and its report hook.
