@@ -65,3 +65,22 @@ def test_marker_help_lists_the_new_attributes(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         ["@pytest.mark.inject_error(event, [*][*]attrs):*after, count, probability, offset*"]
     )
+
+
+def test_an_ini_hint_reaches_the_test_report(pytester: pytest.Pytester) -> None:
+    """Issue 12 item 24: QEMU's text, then the suggestion."""
+    pytester.path.joinpath("r.ini").write_text('[inject-error]\nevent = "wirte_aio"\n')
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.blkdebug_rules("r.ini")
+        def test_x(blkdebug_disk):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*r.ini:2: invalid parameter value: wirte_aio (hint: did you mean 'write_aio'*"]
+    )

@@ -95,6 +95,13 @@ def _rebuild_file_error(
     return cls(path, line, message, attribute=attribute, hint=hint)
 
 
+def error_text(exc: BaseException) -> str:
+    """``str(exc)`` plus its hint, if it has one (``RuleFileError.hint``):
+    what a report shows, where a traceback's note would not be seen."""
+    hint = getattr(exc, "hint", None)
+    return f"{exc} (hint: {hint})" if hint else str(exc)
+
+
 class InjectedError(OSError):
     """A request failed because a rule told it to.
 

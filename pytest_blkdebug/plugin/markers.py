@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from ..core.errors import RuleError
+from ..core.errors import RuleError, error_text
 from ..core.events import EventRegistry, register_events
 from ..core.limits import check_timeout
 from ..core.rules import Rule, make_rule, marker_help, rule_name
@@ -238,7 +238,7 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
                 try:  # nan and inf: not numbers of seconds
                     setattr(plan, key, check_timeout(f"argument {key!r}", value))
                 except ValueError as exc:
-                    raise MarkerError(f"{text}: {exc}") from None
+                    raise MarkerError(f"{text}: {error_text(exc)}") from None
         except (ValueError, TypeError) as exc:
             raise MarkerError(f"{text}: argument {key!r}: {exc}") from None
     registry = EventRegistry(settings.events)
@@ -258,7 +258,7 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
             try:
                 add(session.load_file(path, registry), f"{origin}: {path}")
             except RuleError as exc:
-                raise MarkerError(f"{origin}: {exc}") from None
+                raise MarkerError(f"{origin}: {error_text(exc)}") from None
     for mark, node in marks:
         if mark.name == CONFIG_MARKER:
             continue
@@ -271,7 +271,7 @@ def build_plan(item: pytest.Item, session: PlanSession, ihook: Any) -> Plan:
                 try:
                     add(session.load_file(path, registry), f"{text}: {path}")
                 except RuleError as exc:
-                    raise MarkerError(f"{text}: {exc}") from None
+                    raise MarkerError(f"{text}: {error_text(exc)}") from None
             continue
         add([_marker_rule(mark, text, registry)], text)
     _check_names(plan)
@@ -299,7 +299,7 @@ def _marker_rule(mark: pytest.Mark, text: str, registry: EventRegistry) -> Rule:
         rule = make_rule(kind, attrs)
         registry.check(rule.event)
     except RuleError as exc:
-        raise MarkerError(f"{text}: {exc}") from None
+        raise MarkerError(f"{text}: {error_text(exc)}") from None
     return rule
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ..core.errors import RuleError
+from ..core.errors import RuleError, error_text
 from ..core.events import EventRegistry
 from ..core.rules import Rule
 from ..harness import HitTally, RuleFileCache, derive_seed
@@ -102,7 +102,7 @@ class Session:
             except RuleError as exc:
                 if _unknown_event(exc):
                     continue
-                raise pytest.UsageError(f"{origin}: {exc}") from None
+                raise pytest.UsageError(f"{origin}: {error_text(exc)}") from None
 
     # -- hooks -------------------------------------------------------------------
 

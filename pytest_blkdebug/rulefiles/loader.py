@@ -221,7 +221,7 @@ def _parse_ini(
         rules, found = parse_ini(data, registry)
     except IniFail as fail:
         cls = UnsupportedValueError if fail.unsupported else RuleFileError
-        raise cls(path, fail.line, fail.message, hint=fail.hint) from None
+        raise cls(path, fail.line, fail.message, hint=fail.hint, attribute=fail.attribute) from None
     return rules, [RuleFileWarning(path, line, text) for line, text in found]
 
 

@@ -149,13 +149,20 @@ class IniFail(Exception):
     """
 
     def __init__(
-        self, line: int | None, message: str, unsupported: bool = False, hint: str | None = None
+        self,
+        line: int | None,
+        message: str,
+        unsupported: bool = False,
+        hint: str | None = None,
+        attribute: str | None = None,
     ) -> None:
         super().__init__(message)
         self.line = line
         self.message = message
         self.unsupported = unsupported
         self.hint = hint
+        #: The attribute whose value is at fault, where QEMU's text leaves it unsaid.
+        self.attribute = attribute
 
 
 def _did_you_mean(value: str, known: list[str]) -> str | None:
@@ -430,7 +437,9 @@ class _IniParser:
                 raw, _, line = opts.values["event"]
                 if not self._is_event(raw):
                     hint = _did_you_mean(_txt(raw), list(self.registry.names))
-                    raise IniFail(line, f"invalid parameter value: {_txt(raw)}", hint=hint)
+                    raise IniFail(
+                        line, f"invalid parameter value: {_txt(raw)}", hint=hint, attribute="event"
+                    )
                 if "iotype" in opts.values:
                     raw, _, line = opts.values["iotype"]
                     if _txt(raw) not in IOTYPES:
