@@ -228,3 +228,34 @@ def test_serve_nbd_takes_named_keywords_only(disk: bd.Disk) -> None:
         disk.serve_nbd(max_conections=3)  # type: ignore[call-arg]
     with disk.serve_nbd(max_connections=3, handshake_timeout=2.0) as export:
         assert (export.max_connections, export.handshake_timeout) == (3, 2.0)
+
+
+@pytest.mark.parametrize(("where", "warns"), [("0.0.0.0:0", True), (":0", False)])
+def test_blkdebug_nbd_warns_once_beyond_loopback(tmp_path: Path, where: str, warns: bool) -> None:
+    """``--tcp 0.0.0.0:0`` warns on stderr (the library's warning, said once);
+    ``--tcp :0`` means loopback, as documented, and does not."""
+    import signal
+    import subprocess
+    import sys
+
+    image = tmp_path / "img.raw"
+    image.write_bytes(bytes(4096))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pytest_blkdebug.nbd", "--tcp", where, str(image)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        uri = server.stdout.readline()
+        assert uri.startswith("nbd://0.0.0.0:" if warns else "nbd://127.0.0.1:"), uri
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert err.count("beyond loopback") == (1 if warns else 0), err
+    if warns:
+        assert err.startswith("blkdebug-nbd: warning: NBD export listening on 0.0.0.0"), err
