@@ -10,7 +10,7 @@ Layering, module by module (imports only run downward):
   package. They sit *below* ``core``: ``core.disk`` imports ``server`` for
   ``Disk.serve_nbd`` with an ordinary import, and ``core.backend`` adapts a
   ``Disk`` to the ``Backend`` protocol structurally, without importing it.
-- ``cli`` (``blkdebug-nbd``) needs ``Disk``, the rule files and ``report``:
+- ``cli`` (``blkdebug-nbd``) needs ``Disk``, the rule files (``harness``) and ``report``:
   it belongs to the layer above them, beside ``qemuio``, and only the console
   script and ``__main__`` import it (this ``__init__`` does not, so
   ``core.disk`` importing ``server`` never pulls the upper layer in).

@@ -4,8 +4,9 @@ report (``report.format_report``: final state, history, every rule's
 counters, the trace).
 
 Layering: unlike the rest of ``nbd``, which sits below ``core``, this module
-is of the layer above ``core``, ``rulefiles`` and ``report`` (beside
-``qemuio.cli``): it opens a ``Disk``, loads rule files and prints a report.
+is of the layer above ``core``, ``rulefiles``, ``report`` and ``harness``
+(beside ``qemuio.cli``): the harness loads the rule files and opens the
+``Disk``, ``report`` prints what happened.
 Nothing in the package imports it; the console script
 (``pytest_blkdebug.nbd.cli:main``) and ``python -m pytest_blkdebug.nbd`` do.
 ``docs/nbd.md`` shows the command in use.
