@@ -3,8 +3,9 @@
 ``Disk`` behaves like QEMU's raw format over blkdebug over a file, in
 writeback cache mode: each operation raises the events QEMU raises, in QEMU's
 order, checks the armed rules at the point QEMU checks them, and only then
-touches the image. The sequences are data (the ``*_SEQ`` constants) so they
-can be read in one place and shared by the sync and asyncio (``aio.py``) views.
+touches the image. What each operation does is written once, in the request
+path (``path.py``); ``Disk`` is its blocking view (a request that waits at a
+breakpoint or a delay blocks its thread) and ``disk.aio`` its asyncio view.
 """
 
 from __future__ import annotations
@@ -12,18 +13,17 @@ from __future__ import annotations
 import errno
 import io
 import os
-import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..nbd.server import DEFAULT_MAX_CONNECTIONS, NBDExport
+from . import path as request_path
 from .backend import DiskBackend
 from .engine import Engine, Hold, RuleStatus, RuleView, StateChange, TraceEntry
-from .errors import BreakpointTimeout, InjectedError
-from .events import BLOCK_STATUS, DISCARD, FLUSH, READ, WRITE, WRITE_ZEROES, EventRegistry
-from .image import ClosedError, Extent, Image, copy_sparse, extents
-from .limits import MAX_OFFSET, check_request, check_timeout
+from .events import EventRegistry
+from .image import Extent, Image, copy_sparse, extents
+from .limits import MAX_OFFSET, check_timeout
+from .path import OnHold, Request, run
 from .rules import Rule
 from .sizes import parse_size
 
@@ -35,37 +35,10 @@ if TYPE_CHECKING:
 
 DEFAULT_HOLD_TIMEOUT = 60.0
 DEFAULT_WAIT_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class Sequence:
-    """What one operation does around its request check.
-
-    ``before`` events are raised, then the request is checked as ``iotype``,
-    then (on success) the image is touched, then ``after`` events are raised
-    whether or not the request failed. ``dirties`` marks operations after
-    which a flush has work to do, failed or not (QEMU bumps its write
-    generation in either case, once the request is over: after the ``after``
-    events, so a flush beside a write held at ``pwritev_done`` finds the
-    disk clean).
-    """
-
-    operation: str
-    before: tuple[str, ...]
-    iotype: int
-    after: tuple[str, ...] = ()
-    dirties: bool = False
-
-
-READ_SEQ = Sequence("read", ("read_aio",), READ)
-WRITE_SEQ = Sequence("write", ("write_aio", "pwritev"), WRITE, ("pwritev_done",), True)
-WRITE_ZEROES_SEQ = Sequence(
-    "write_zeroes", ("pwritev_zero",), WRITE_ZEROES, ("pwritev_done",), True
-)
-DISCARD_SEQ = Sequence("discard", (), DISCARD, (), True)
-BLOCK_STATUS_SEQ = Sequence("block_status", (), BLOCK_STATUS)
-#: flush: ``flush_to_os`` always; only when dirty ``flush_to_disk`` and the check.
-FLUSH_TO_OS, FLUSH_TO_DISK = "flush_to_os", "flush_to_disk"
+T = TypeVar("T")
+# The fast path's view of the operation data (see path.quiet).
+_READ, _WRITE = request_path.READ, request_path.WRITE
+_READ_EVENTS, _WRITE_EVENTS = _READ.events, _WRITE.events
 
 
 class Disk:
@@ -114,17 +87,11 @@ class Disk:
         #: suits files that grow (a database's journal): past the file's end
         #: reads give zeroes and writes extend the file.
         self.size = self.image.size() if size is None else size
-        # Requests must end at or before _limit; close() sets it to -1 so the
-        # range check, which every request pays anyway, also catches closed disks.
-        self._limit = self.size
-        # QEMU tracks dirtiness per node: the raw format node decides whether
-        # flush raises flush_to_disk; the blkdebug node whether the flush is
-        # checked. They differ only after a zero-length discard, which
-        # dirties the format node without reaching blkdebug.
-        self._dirty_event = False
-        self._dirty_check = False
+        self.image.limit = self.size
         self._closed = False
-        self._holds: set[Hold] = set()  # this disk's requests waiting at breakpoints
+        #: This disk's requests waiting at breakpoints (the request path adds
+        #: and removes them; ``close()`` resumes them).
+        self.holds: set[Hold] = set()
         self._aio: AsyncDisk | None = None
         engine.attach()
         engine.disks.add(self)
@@ -132,7 +99,7 @@ class Disk:
             engine.file_op("open", self.path, disk=self)
         if not engine.opened:
             engine.opened = True
-            self._wait(engine.fire("none", "open"))
+            self._run(request_path.fire(self, "none", "open"))
 
     # -- construction --------------------------------------------------------
 
@@ -143,20 +110,64 @@ class Disk:
         size: int | str,
         *,
         template: str | os.PathLike[str] | None = None,
-        **kwargs: object,
+        rules: Iterable[Rule] = (),
+        events: Iterable[str] = (),
+        engine: Engine | None = None,
+        readonly: bool = False,
+        durable: bool = False,
+        hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        seed: int | None = None,
     ) -> Disk:
         """Create (or overwrite) a sparse raw image of ``size`` bytes and open it.
 
         ``template`` copies a prepared image instead (reflink or sparse copy)
-        and then sets its size.
+        and then sets its size; a template that is the image itself (same
+        file, a link to it) is refused rather than wiped. The other keywords
+        are the constructor's.
         """
         target = create_image(path, parse_size(size), template)
-        return cls(target, **kwargs)  # type: ignore[arg-type]
+        return cls(
+            target,
+            rules=rules,
+            events=events,
+            engine=engine,
+            readonly=readonly,
+            durable=durable,
+            hold_timeout=hold_timeout,
+            wait_timeout=wait_timeout,
+            seed=seed,
+        )
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], **kwargs: object) -> Disk:
-        """Open an existing image (its size is the file's size)."""
-        return cls(path, **kwargs)  # type: ignore[arg-type]
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        rules: Iterable[Rule] = (),
+        events: Iterable[str] = (),
+        engine: Engine | None = None,
+        readonly: bool = False,
+        durable: bool = False,
+        hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        size: int | None = None,
+        seed: int | None = None,
+    ) -> Disk:
+        """Open an existing image (its size is the file's size unless ``size``
+        says more: reads past the file's end give zeroes, writes extend it)."""
+        return cls(
+            path,
+            rules=rules,
+            events=events,
+            engine=engine,
+            readonly=readonly,
+            durable=durable,
+            hold_timeout=hold_timeout,
+            wait_timeout=wait_timeout,
+            size=size,
+            seed=seed,
+        )
 
     # -- engine views --------------------------------------------------------
 
@@ -183,302 +194,100 @@ class Disk:
     def registry(self) -> EventRegistry:
         return self.engine.registry
 
-    # -- the request path ----------------------------------------------------
+    # -- the request path (path.py), driven in this thread ---------------------
 
-    def _wait(self, hold: Hold | None, done: bool = False) -> None:
-        """Block this thread while a breakpoint holds its request.
+    def _run(self, request: Request[T], on_hold: OnHold | None = None) -> T:
+        __tracebackhide__ = True
+        return run(request, hold_timeout=self.hold_timeout, on_hold=on_hold)
 
-        ``done``: the request's outcome is settled (it is past its host I/O),
-        so a close that resumes it lets it end as it would have.
+    def read(self, offset: int, length: int, *, on_hold: OnHold | None = None) -> bytes:
+        """Read ``length`` bytes at ``offset`` (events: read_aio).
+
+        ``on_hold(hold)`` is called before the request blocks at a
+        breakpoint (servers hand their connection on; see ``path.run``).
         """
         __tracebackhide__ = True
-        if hold is None:
-            return
-        if threading.active_count() == 1:
-            # Nobody else can ever call resume(): fail now, not after hold_timeout.
-            self.engine.abandon(hold)
-            raise BreakpointTimeout(
-                f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} "
-                f"on event {hold.event!r} can never be resumed: it runs in the process's "
-                "only thread, so nothing can call resume() (resume it from another "
-                "thread, or issue the request through disk.aio)"
-            )
-        self._holds.add(hold)
-        try:
-            released = hold.wait(self.hold_timeout)
-        finally:
-            self._holds.discard(hold)
-        self._after_hold(hold, released, done)
-
-    def _after_hold(self, hold: Hold, released: bool, done: bool = False) -> None:
-        __tracebackhide__ = True
-        if self._closed:
-            if done:  # its data is on disk (or its error decided): end as it would have
-                return
-            # close() resumed it before its host I/O: do not touch the image.
-            raise ClosedError(
-                f"disk {self.path} was closed while its {hold.operation} was held at "
-                f"breakpoint {', '.join(map(repr, hold.tags))}"
-            )
-        if not released:
-            self.engine.abandon(hold)
-            raise BreakpointTimeout(
-                f"{hold.operation} held at breakpoint {', '.join(map(repr, hold.tags))} "
-                f"on event {hold.event!r} was not resumed within {self.hold_timeout:g} s"
-            )
-
-    def _bad_request(self, operation: str, offset: object, length: object) -> Exception:
-        """The error for a request that failed the range check: closed disk
-        (ValueError), a bad type or a value past 2**63 (TypeError/ValueError
-        naming the argument), or outside the image (EIO, as QEMU)."""
-        if self._closed:
-            return self.image.closed_error()
-        try:
-            offset, length = check_request(offset, length)
-        except (TypeError, ValueError) as exc:
-            return exc
-        if 0 <= offset and 0 <= length and offset + length <= self._limit:
-            # An int subclass (numpy, IntEnum...) that is in range: refuse it
-            # rather than guess; callers pass plain ints.
-            return TypeError(
-                f"offset and length must be int, not {type(offset).__name__} "
-                f"and {type(length).__name__}"
-            )
-        return OSError(
-            errno.EIO,
-            f"{os.strerror(errno.EIO)}: {operation} of {length} bytes at "
-            f"offset {offset} is outside the {self.size}-byte image {self.path}",
-        )
-
-    def _refuse_readonly(self, operation: str, offset: int, length: int) -> None:
-        __tracebackhide__ = True
-        if self.readonly:
-            raise OSError(
-                errno.EPERM,
-                f"{os.strerror(errno.EPERM)}: {operation} of {length} bytes at offset "
-                f"{offset} refused: disk {self.path} is read-only",
-            )
-
-    def _begin(self, seq: Sequence, offset: int, length: int) -> None:
-        """Range check, ``before`` events, request check. Raises on failure."""
-        __tracebackhide__ = True
-        if (
-            type(offset) is not int
-            or type(length) is not int
-            or offset < 0
-            or length < 0
-            or offset + length > self._limit
-        ):
-            raise self._bad_request(seq.operation, offset, length)
-        if seq.dirties:
-            self._refuse_readonly(seq.operation, offset, length)
-        engine = self.engine
-        for event in seq.before:
-            if event in engine.live_events:
-                self._wait(engine.fire(event, seq.operation))
-        slot = engine.check(seq.iotype, offset, length)
-        if slot is not None and slot.errno:
-            raise InjectedError(slot.errno, slot.rule, seq.operation, offset, length)
-
-    def _end(self, seq: Sequence) -> None:
-        __tracebackhide__ = True
-        engine = self.engine
-        try:
-            for event in seq.after:
-                if event in engine.live_events and not self._closed:
-                    self._wait(engine.fire(event, seq.operation), done=True)
-        finally:
-            if seq.dirties:
-                self._dirty_event = self._dirty_check = True
-
-    # read and write are READ_SEQ and WRITE_SEQ unrolled by hand: they are the
-    # hot path, and a loop over a one-event tuple costs a tenth of a read.
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Read ``length`` bytes at ``offset`` (events: read_aio)."""
-        __tracebackhide__ = True
-        if (
-            type(offset) is not int
-            or type(length) is not int
-            or offset < 0
-            or length < 0
-            or offset + length > self._limit
-        ):
-            raise self._bad_request("read", offset, length)
-        engine = self.engine
-        if "read_aio" in engine.live_events:
-            hold = engine.fire("read_aio", "read")
-            if hold is not None:
-                self._wait(hold)
-        match = engine.matchers[READ]
-        if match is not None and match(offset, length):
-            slot = engine.decide(READ, offset, length)
-            if slot is not None and slot.errno:
-                raise InjectedError(slot.errno, slot.rule, "read", offset, length)
-        return self.image.pread(offset, length)
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done)."""
-        __tracebackhide__ = True
-        length = len(data) if type(data) is bytes else memoryview(data).nbytes
-        if type(offset) is not int or offset < 0 or offset + length > self._limit:
-            raise self._bad_request("write", offset, length)
-        if self.readonly:
-            self._refuse_readonly("write", offset, length)
         engine = self.engine
         live = engine.live_events
-        reached = False
-        try:
-            if "write_aio" in live:
-                hold = engine.fire("write_aio", "write")
-                if hold is not None:
-                    self._wait(hold)
-            if "pwritev" in live:
-                hold = engine.fire("pwritev", "write")
-                if hold is not None:
-                    self._wait(hold)
-            reached = True
-            match = engine.matchers[WRITE]
-            if match is not None and match(offset, length):
-                slot = engine.decide(WRITE, offset, length)
-                if slot is not None and slot.errno:
-                    raise InjectedError(slot.errno, slot.rule, "write", offset, length)
-            self.image.pwrite(offset, data)
-            if engine.recorders:  # crash.py: what reached the image
-                for recorder in engine.recorders:
-                    recorder.on_store(self, "write", offset, length, data)  # type: ignore[arg-type]
-            if engine.watches_stores:  # bad sectors heal when written
-                engine.stored(offset, length)
-        finally:
-            try:
-                if "pwritev_done" in engine.live_events and not self._closed:
-                    hold = engine.fire("pwritev_done", "write")
-                    if hold is not None:
-                        self._wait(hold, done=True)
-            finally:
-                if reached:  # dirty once the request is over (see Sequence)
-                    self._dirty_event = self._dirty_check = True
+        match = engine.matchers[_READ.iotype]
+        if (
+            type(offset) is int
+            and type(length) is int
+            and offset >= 0
+            and length >= 0
+            and offset + length <= self.image.limit
+            and (not live or live.keys().isdisjoint(_READ_EVENTS))
+            and (match is None or not match(offset, length))
+        ):  # path.quiet: nothing can apply, so the host I/O is all there is
+            return self.image.pread(offset, length)
+        return self._run(request_path.read(self, offset, length), on_hold)
 
-    def write_zeroes(self, offset: int, length: int, *, unmap: bool = True) -> None:
+    def write(
+        self,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        on_hold: OnHold | None = None,
+    ) -> None:
+        """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done)."""
+        __tracebackhide__ = True
+        engine = self.engine
+        image = self.image
+        live = engine.live_events
+        match = engine.matchers[_WRITE.iotype]
+        length = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if (
+            type(offset) is int
+            and offset >= 0
+            and offset + length <= image.limit
+            and not image.readonly
+            and (not live or live.keys().isdisjoint(_WRITE_EVENTS))
+            and (match is None or not match(offset, length))
+            and not engine.recorders
+            and not engine.watches_stores
+        ):  # path.quiet: store, then the dirty marks (failed or not)
+            try:
+                image.pwrite(offset, data)
+            finally:
+                image.dirty_event = image.dirty_check = True
+            return
+        self._run(request_path.write(self, offset, data), on_hold)
+
+    def write_zeroes(
+        self, offset: int, length: int, *, unmap: bool = True, on_hold: OnHold | None = None
+    ) -> None:
         """Zero a range (events: pwritev_zero, pwritev_done). ``unmap=False``
         keeps the range allocated (NBD's NO_HOLE; QEMU without MAY_UNMAP)."""
         __tracebackhide__ = True
-        if self._skip_empty("write_zeroes", offset, length):
-            return
-        try:
-            self._begin(WRITE_ZEROES_SEQ, offset, length)
-            self.image.zero(offset, length, unmap=unmap)
-            if self.engine.recorders:
-                self._stored("write_zeroes", offset, length, None)
-            if self.engine.watches_stores:
-                self.engine.stored(offset, length)
-        finally:
-            self._end(WRITE_ZEROES_SEQ)
+        self._run(request_path.write_zeroes(self, offset, length, unmap), on_hold)
 
-    def discard(self, offset: int, length: int) -> None:
+    def discard(self, offset: int, length: int, *, on_hold: OnHold | None = None) -> None:
         """Discard a range; it reads as zeroes afterwards (no event)."""
         __tracebackhide__ = True
-        if self._skip_empty("discard", offset, length):
-            return
-        try:
-            self._begin(DISCARD_SEQ, offset, length)
-            self.image.zero(offset, length)
-            if self.engine.recorders:
-                self._stored("discard", offset, length, None)
-            if self.engine.watches_stores:
-                self.engine.stored(offset, length)
-        finally:
-            self._end(DISCARD_SEQ)
+        self._run(request_path.discard(self, offset, length), on_hold)
 
-    def _skip_empty(self, operation: str, offset: int, length: int) -> bool:
-        """Range-check a write-zeroes or discard; True if it is empty.
-
-        QEMU's block layer finishes an empty one itself: nothing reaches
-        blkdebug (no event, no check). An empty discard still moves the format
-        node's write generation on, so the next flush raises flush_to_disk
-        without being checked; an empty write-zeroes returns before that and
-        leaves the disk as clean as it was (qemu-io 7.2, seen by the
-        conformance tests).
-        """
-        __tracebackhide__ = True
-        if (
-            type(offset) is not int
-            or type(length) is not int
-            or offset < 0
-            or length < 0
-            or offset + length > self._limit
-        ):
-            raise self._bad_request(operation, offset, length)
-        self._refuse_readonly(operation, offset, length)
-        if length:
-            return False
-        if operation == "discard":
-            self._dirty_event = True
-        return True
-
-    def _stored(self, operation: str, offset: int, length: int, data: object) -> None:
-        """Tell the recordings (crash.py) what reached the image."""
-        __tracebackhide__ = True
-        for recorder in self.engine.recorders:
-            recorder.on_store(self, operation, offset, length, data)  # type: ignore[arg-type]
-
-    def flush(self) -> None:
+    def flush(self, *, on_hold: OnHold | None = None) -> None:
         """flush_to_os; if anything was written since the last good flush,
         flush_to_disk and the flush check; a failed flush stays dirty."""
         __tracebackhide__ = True
-        if self._closed:
-            raise self._bad_request("flush", 0, 0)
-        recorders = self.engine.recorders
-        if not recorders:
-            return self._flush()
-        tokens = [(r, r.on_flush_begin(self)) for r in recorders]
-        ok = False
-        try:
-            self._flush()
-            ok = True
-        finally:
-            for recorder, token in tokens:
-                recorder.on_flush_end(self, token, ok)
+        self._run(request_path.flush(self), on_hold)
 
-    def _flush(self) -> None:
-        __tracebackhide__ = True
-        engine = self.engine
-        self._wait(engine.fire(FLUSH_TO_OS, "flush"))
-        if self._dirty_event:
-            self._wait(engine.fire(FLUSH_TO_DISK, "flush"))
-        if self._dirty_check:
-            slot = engine.check(FLUSH, 0, 0)
-            if slot is not None and slot.errno:
-                raise InjectedError(slot.errno, slot.rule, "flush", 0, 0)
-        self._flushed()
-
-    def _flushed(self) -> None:
-        __tracebackhide__ = True
-        if self._dirty_check and self.durable:
-            self.image.sync()
-        self._dirty_event = self._dirty_check = False
-
-    def block_status(self, offset: int, length: int) -> list[Extent]:
+    def block_status(
+        self, offset: int, length: int, *, on_hold: OnHold | None = None
+    ) -> list[Extent]:
         """Which parts of a range hold data and which are holes (no event)."""
         __tracebackhide__ = True
-        self._begin(BLOCK_STATUS_SEQ, offset, length)
-        return self.image.extents(offset, length)
+        return self._run(request_path.block_status(self, offset, length), on_hold)
 
     def event(self, name: str) -> None:
         """Announce your own I/O: raise ``name`` (registered events only)."""
         __tracebackhide__ = True
-        if self._closed:
-            raise self.image.closed_error()
-        engine = self.engine
-        engine.registry.check(name)
-        if name not in engine.live_events:
-            engine.note_event(name)  # fire() traces only events with rules
-        self._wait(engine.fire(name, f"event {name}"))
+        self._run(request_path.event(self, name))
 
     @property
     def dirty(self) -> bool:
         """Whether the next flush has work to do (and so will be checked)."""
-        return self._dirty_event
+        return self.image.dirty_event
 
     def record(self, **kwargs: Any) -> Recording:
         """``self.engine.record()``: log every disk of the engine (crash.py)."""
@@ -574,8 +383,8 @@ class Disk:
         if self._closed:
             return []
         self._closed = True
-        self._limit = -1
-        released = self.engine.release(list(self._holds))
+        self.image.limit = -1  # the range check refuses every new request
+        released = self.engine.release(list(self.holds))
         released += self.engine.detach()
         self.image.close()  # waits for host calls in flight: none may hit a reused fd
         return released

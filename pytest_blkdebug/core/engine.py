@@ -134,6 +134,8 @@ class Engine:
         self.disks: weakref.WeakSet[Any] = weakref.WeakSet()  # open ones, for record()
         #: Active recordings (crash.py), whose hooks the request path calls.
         self.recorders: tuple[Recording, ...] = ()
+        #: Seconds of injected delay requests have waited (the request path adds).
+        self.injected_delay = 0.0
         self.add_rules(rules)
 
     # -- rules -------------------------------------------------------------

@@ -58,7 +58,16 @@ class Image:
     both miss each other.
     """
 
-    __slots__ = ("path", "fd", "readonly", "closed", "inflight")
+    __slots__ = (
+        "path",
+        "fd",
+        "readonly",
+        "closed",
+        "inflight",
+        "limit",
+        "dirty_event",
+        "dirty_check",
+    )
 
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
@@ -67,9 +76,20 @@ class Image:
         self.closed = False
         #: One entry per host call in progress (deque append/pop are atomic).
         self.inflight: deque[None] = deque()
+        #: Requests must end at or before ``limit`` (the disk's size; -1 once
+        #: the disk closes, so the range check every request pays also
+        #: catches a closed disk).
+        self.limit = 0
+        # What the next flush has to do. QEMU tracks dirtiness per node: the
+        # raw format node decides whether flush raises flush_to_disk
+        # (dirty_event); the blkdebug node whether the flush is checked
+        # (dirty_check). They differ only after an empty discard, which
+        # dirties the format node without reaching blkdebug.
+        self.dirty_event = False
+        self.dirty_check = False
 
-    def closed_error(self) -> ClosedError:
-        return ClosedError(f"I/O on closed disk {self.path}")
+    def closed_error(self, message: str | None = None) -> ClosedError:
+        return ClosedError(message or f"I/O on closed disk {self.path}")
 
     def size(self) -> int:
         """The file's current size in bytes."""

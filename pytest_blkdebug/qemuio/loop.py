@@ -39,24 +39,13 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from ..core.disk import (
-    DISCARD_SEQ,
-    FLUSH_TO_DISK,
-    FLUSH_TO_OS,
-    READ_SEQ,
-    WRITE_SEQ,
-    WRITE_ZEROES_SEQ,
-    Disk,
-    Sequence,
-)
+from ..core import path
+from ..core.disk import Disk
 from ..core.engine import Hold
-from ..core.errors import InjectedError
-from ..core.events import FLUSH
+from ..core.path import HOST_IO, RESCHEDULE
 
-HOST_IO = "host-io"
-RESCHEDULE = "reschedule"
-Wait = Hold | str
-Operation = Generator[Wait, None, Any]
+Wait = Hold | str | float
+Operation = Generator[Wait, Any, Any]
 
 
 class Hang(Exception):
@@ -64,125 +53,16 @@ class Hang(Exception):
 
 
 # ---------------------------------------------------------------------------
-# The operations as generators: the Disk's sequences (``*_SEQ``) with their
-# waits made visible. They go when core's request path (core/path.py) gives
-# every operation as a generator with a host-I/O stage; ``operation`` is the
-# one place that builds them.
+# The operations: core's request path (core/path.py) gives each as a
+# generator that yields at its waits, HOST_IO included.
 # ---------------------------------------------------------------------------
 
-
-def _hold(disk: Disk, hold: Hold | None) -> Generator[Wait, None, None]:
-    if hold is None:
-        return
-    disk._holds.add(hold)
-    try:
-        yield hold
-    except GeneratorExit:
-        disk.engine.abandon(hold)
-        raise
-    finally:
-        disk._holds.discard(hold)
-    disk._after_hold(hold, True)
-
-
-def _fire(disk: Disk, events: tuple[str, ...], operation: str) -> Generator[Wait, None, None]:
-    engine = disk.engine
-    for event in events:
-        if event in engine.live_events:
-            yield from _hold(disk, engine.fire(event, operation))
-
-
-def _check(
-    disk: Disk, iotype: int, operation: str, offset: int, length: int
-) -> Generator[Wait, None, None]:
-    decision = disk.engine.check(iotype, offset, length)
-    if decision is not None:
-        if not decision.immediately:
-            yield RESCHEDULE
-        raise InjectedError(decision.errno, decision.rule, operation, offset, length)
-
-
-def _begin(disk: Disk, seq: Sequence, offset: int, length: int) -> Generator[Wait, None, None]:
-    if offset < 0 or length < 0 or offset + length > disk._limit:
-        raise disk._bad_request(seq.operation, offset, length)
-    yield from _fire(disk, seq.before, seq.operation)
-    yield from _check(disk, seq.iotype, seq.operation, offset, length)
-
-
-def _end(disk: Disk, seq: Sequence) -> Generator[Wait, None, None]:
-    try:
-        yield from _fire(disk, seq.after, seq.operation)
-    finally:
-        if seq.dirties:
-            disk._dirty_event = disk._dirty_check = True
-
-
-def _changing(
-    disk: Disk, seq: Sequence, offset: int, length: int, store: Callable[[], None]
-) -> Operation:
-    """A request that changes the image: its ``after`` events and the dirty
-    mark come whether it failed or not."""
-    try:
-        yield from _begin(disk, seq, offset, length)
-        yield HOST_IO
-        store()
-    except GeneratorExit:
-        raise
-    except BaseException:
-        yield from _end(disk, seq)
-        raise
-    yield from _end(disk, seq)
-
-
-def _read(disk: Disk, offset: int, length: int) -> Operation:
-    yield from _begin(disk, READ_SEQ, offset, length)
-    yield HOST_IO
-    return disk.image.pread(offset, length)
-
-
-def _write(disk: Disk, offset: int, data: bytes) -> Operation:
-    length = len(data)
-    if offset < 0 or offset + length > disk._limit:
-        raise disk._bad_request("write", offset, length)
-    yield from _changing(disk, WRITE_SEQ, offset, length, lambda: disk.image.pwrite(offset, data))
-
-
-def _write_zeroes(disk: Disk, offset: int, length: int) -> Operation:
-    if disk._skip_empty("write_zeroes", offset, length):
-        return
-    yield from _changing(
-        disk,
-        WRITE_ZEROES_SEQ,
-        offset,
-        length,
-        lambda: disk.image.zero(offset, length),
-    )
-
-
-def _discard(disk: Disk, offset: int, length: int) -> Operation:
-    if disk._skip_empty("discard", offset, length):
-        return
-    yield from _changing(disk, DISCARD_SEQ, offset, length, lambda: disk.image.zero(offset, length))
-
-
-def _flush(disk: Disk) -> Operation:
-    if disk.closed:
-        raise disk._bad_request("flush", 0, 0)
-    yield from _fire(disk, (FLUSH_TO_OS,), "flush")
-    if disk._dirty_event:
-        yield from _fire(disk, (FLUSH_TO_DISK,), "flush")
-    if disk._dirty_check:
-        yield from _check(disk, FLUSH, "flush", 0, 0)
-        yield HOST_IO
-    disk._flushed()
-
-
 _OPERATIONS: dict[str, Callable[..., Operation]] = {
-    "read": _read,
-    "write": _write,
-    "write_zeroes": _write_zeroes,
-    "discard": _discard,
-    "flush": _flush,
+    "read": path.read,
+    "write": path.write,
+    "write_zeroes": path.write_zeroes,
+    "discard": path.discard,
+    "flush": path.flush,
 }
 
 
