@@ -415,3 +415,31 @@ def test_harness_is_usable_without_pytest(tmp_path: object) -> None:
     tally = HitTally()
     tally.add("run", summary)
     assert tally.unfired_lines() == ["[other] never: 0 hits in 1 test (run)"]
+
+
+def test_injected_delay_is_reported_when_there_was_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.inject_error("read_aio", errno=0, delay=0.01, name="slow")
+        def test_slow(blkdebug_disk):
+            blkdebug_disk.read(0, 512)
+            assert False
+
+        def test_fast(blkdebug_disk):
+            assert False
+        """
+    )
+    result = pytester.runpytest("--junitxml=out.xml")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*_ test_slow _*", "injected delay: 0.010 s in all", "seed: *"])
+    assert result.stdout.str().count("injected delay") == 1  # none: no line
+    tree = ET.parse(str(pytester.path / "out.xml"))
+    delays = [
+        (case.get("name"), p.get("value"))
+        for case in tree.iter("testcase")
+        for p in case.iter("property")
+        if p.get("name") == "blkdebug.injected_delay"
+    ]
+    assert delays == [("test_slow", "0.010000")]
