@@ -412,3 +412,119 @@ def test_sqlite_adapter_reports_its_files_coming_and_going(tmp_path):
     for crash in run.crashes():
         plan = crash.plan()
         assert plan[str(tmp_path / "app.db")] is not None
+
+
+# -- files that come and go, against the naive model ------------------------------------
+
+file_ops = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["write_a", "write_b"]), st.integers(0, 1), st.integers(1, 255)),
+        st.tuples(
+            st.sampled_from(["flush_a", "flush_b", "create_b", "delete_b", "dirsync"]),
+            st.just(0),
+            st.just(0),
+        ),
+    ),
+    max_size=10,
+)
+
+
+def naive_files(ops, base_a: bytes) -> set[tuple[bytes, bytes | None]]:
+    """(a.img, b.log or None) at every moment, from the definitions: a write
+    is durable once a later flush of its file (its inode) completed, a create
+    or delete once a later directory sync did; b.log names the inode of the
+    last kept create, nothing after a kept delete or before any."""
+    done: list[tuple] = []  # (time, kind, target, offset, data)
+    flushes: list[tuple[int, object]] = []  # (time, unit): a flush covers earlier items
+    inode, exists = 0, False
+    for time, (kind, sector, value) in enumerate(ops):
+        if kind == "write_a":
+            done.append((time, "w", "a", sector * SECTOR, bytes([value]) * SECTOR))
+        elif kind == "write_b" and exists:
+            done.append((time, "w", inode, sector * SECTOR, bytes([value]) * SECTOR))
+        elif kind == "flush_a":
+            flushes.append((time, "a"))
+        elif kind == "flush_b" and exists:
+            flushes.append((time, inode))
+        elif kind == "create_b" and not exists:
+            inode, exists = inode + 1, True
+            done.append((time, "d", "dir", inode, None))
+        elif kind == "delete_b" and exists:
+            exists = False
+            done.append((time, "d", "dir", None, None))
+        elif kind == "dirsync":
+            flushes.append((time, "dir"))
+    result = set()
+    for t in range(len(ops) + 1):
+        before = [d for d in done if d[0] < t]
+        durable = [d for d in before if any(d[0] < f < t and u == d[2] for f, u in flushes)]
+        volatile = [d for d in before if d not in durable]
+        for r in range(len(volatile) + 1):
+            for subset in itertools.combinations(volatile, r):
+                kept = sorted([*durable, *subset])
+                a = bytearray(base_a)
+                named = None
+                for _, kind, target, offset, data in kept:
+                    if target == "a":
+                        a[offset : offset + SECTOR] = data
+                    elif kind == "d":
+                        named = offset  # the inode a create names, None after a delete
+                b = None
+                if named is not None:
+                    content = bytearray()
+                    for _, kind, target, offset, data in kept:
+                        if kind == "w" and target == named:
+                            content.extend(bytes(max(0, offset + SECTOR - len(content))))
+                            content[offset : offset + SECTOR] = data
+                    b = bytes(content)
+                result.add((bytes(a), b))
+    return result
+
+
+@settings(
+    max_examples=int(os.environ.get("BLKDEBUG_CRASH_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=file_ops)
+def test_files_that_come_and_go_equal_the_naive_model(tmp_path_factory, ops):
+    tmp_path = tmp_path_factory.mktemp("files")
+    a = Disk.create(tmp_path / "a.img", 2 * SECTOR)
+    base_a = b"\x11" * (2 * SECTOR)
+    a.write(0, base_a)
+    engine = a.engine
+    b_path = str(tmp_path / "b.log")
+    b: Disk | None = None
+    with a.record() as run:
+        for kind, sector, value in ops:
+            if kind == "write_a":
+                a.write(sector * SECTOR, bytes([value]) * SECTOR)
+            elif kind == "write_b" and b is not None:
+                b.write(sector * SECTOR, bytes([value]) * SECTOR)
+            elif kind == "flush_a":
+                a.flush()
+            elif kind == "flush_b" and b is not None:
+                b.flush()
+            elif kind == "create_b" and b is None:
+                with open(b_path, "wb"):
+                    pass
+                engine.file_op("create", b_path)
+                b = Disk(b_path, engine=engine, size=2 * SECTOR)
+            elif kind == "delete_b" and b is not None:
+                b.close()
+                b = None
+                os.unlink(b_path)
+                engine.file_op("delete", b_path)
+            elif kind == "dirsync":
+                engine.file_op("dirsync", str(tmp_path))
+    if b is not None:
+        b.close()
+    ours = set()
+    out = tmp_path / "out"
+    for crash in run.crashes(subset_limit=12):
+        crash.restore(out)
+        image_b = out / "b.log"
+        ours.add(((out / "a.img").read_bytes(), image_b.read_bytes() if image_b.exists() else None))
+    assert ours == naive_files(ops, base_a)
+    a.close()
+    run.close()

@@ -209,6 +209,7 @@ class Recording:
         self._live: dict[str, Unit] = {}  # path -> the inode there now
         self._base: dict[str, Unit | None] = {}  # path -> inode at the start (None: absent)
         self._dirs: dict[str, Unit] = {}
+        self._temporary_paths: set[str] = set()
         self._geometry: dict[str, tuple[int, int | None]] = {}
         self._ids = itertools.count(1)
         self._started = False
@@ -312,6 +313,8 @@ class Recording:
         elif kind == "create":
             with self._lock:
                 unit = self._new_unit(path, temporary=bool(details.get("temporary")))
+                if unit.temporary:
+                    self._temporary_paths.add(path)
                 self._live[path] = unit
                 self._base.setdefault(path, None)
                 disk = details.get("disk")
@@ -419,11 +422,7 @@ class Recording:
     @property
     def paths(self) -> list[str]:
         """The files the recording knows (temporary files left out)."""
-        return [path for path in self.log().paths if not self._temporary(path)]
-
-    def _temporary(self, path: str) -> bool:
-        unit = self._live.get(path) or self._base.get(path)
-        return unit is not None and unit.temporary
+        return [path for path in self.log().paths if path not in self._temporary_paths]
 
     def crashes(
         self,

@@ -318,7 +318,7 @@ class CrashList(list[Crash]):
 
     def by_id(self, ident: str) -> Crash:
         for crash in self:
-            if crash.id == ident:
+            if crash.id == ident or ident in crash.same_as:
                 return crash
         raise KeyError(f"no crash state {ident!r} (ids: {', '.join(c.id for c in self[:20])} ...)")
 
