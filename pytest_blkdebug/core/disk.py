@@ -267,7 +267,6 @@ class Disk:
                     )
                 )
                 and (match is None or not match(offset, length))
-                and not engine.recorders
                 and not engine.watches_stores
             ):
                 # The fast path (path.quiet): store (Image.pwrite inlined),
@@ -277,6 +276,9 @@ class Disk:
                         image.pwrite(offset, data)  # a short write: write it all
                 finally:
                     image.dirty_event = image.dirty_check = True
+                if engine.recorders:  # crash.py (path.stored): what reached the image
+                    for recorder in engine.recorders:
+                        recorder.on_store(self, "write", offset, length, data)  # type: ignore[arg-type]
                 return
         finally:
             inflight.pop()
