@@ -4,6 +4,7 @@ The repository's README.md is the site's home page and BENCHMARKS.md one of
 its pages, so the links between them and docs/ work both when the Markdown is
 read in the repository and in the built site: ``docs/tutorial.md`` in README
 and ``../BENCHMARKS.md`` in a page are rewritten to the site's own paths.
+Sphinx roles in docstrings (``:meth:`open```) show as plain code.
 """
 
 from __future__ import annotations
@@ -32,3 +33,10 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
 
 def _root_link(match: re.Match[str]) -> str:
     return f"]({FROM_ROOT[match.group(1)]}"
+
+
+ROLE = re.compile(r":(?:meth|func|class|attr|mod|data|exc|obj):(<code>)")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    return ROLE.sub(r"\1", html)

@@ -34,6 +34,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     api = (site / "api" / "index.html").read_text()
     for name in ("pytest_blkdebug.Disk", "hold_timeout", "pytest_blkdebug.RuleStatus", "sync"):
         assert name in api, name  # the generated part is there, not just the tables
+    assert not re.search(r":(meth|func|class|attr):<code>", api)  # roles shown as code
     assert (site / "index.html").exists() and (site / "BENCHMARKS" / "index.html").exists()
 
 
