@@ -154,6 +154,7 @@ def test_all_keys(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.filterwarnings("ignore:.*set-state without new_state")  # QEMU's default, on purpose
 def test_defaults(tmp_path: Path) -> None:
     rules = load_rules(
         write(tmp_path, "d.ini", '[inject-error]\nevent = "l2_load"\n[set-state]\nevent = "none"\n')
@@ -361,6 +362,7 @@ def test_empty_files(tmp_path: Path, text: str) -> None:
         assert load_rules(write(tmp_path, "e.ini", text)) == []
 
 
+@pytest.mark.filterwarnings("ignore:.*set-state without new_state")  # QEMU's default, on purpose
 def test_group_id_becomes_the_name(tmp_path: Path) -> None:
     text = (
         '[inject-error "second-write"]\nevent = "write_aio"\n[set-state "go.2"]\nevent = "none"\n'
@@ -376,6 +378,7 @@ def test_id_key_in_the_body_sets_the_name(tmp_path: Path) -> None:
     assert rule.name == "b"
 
 
+@pytest.mark.filterwarnings("ignore:.*set-state without new_state")  # QEMU's default, on purpose
 def test_same_id_in_both_groups_is_fine(tmp_path: Path) -> None:
     text = '[inject-error "a"]\nevent = "write_aio"\n[set-state "a"]\nevent = "none"\n'
     assert [r.name for r in load_rules(write(tmp_path, "n.ini", text))] == ["a", "a"]
