@@ -30,12 +30,14 @@ first).
 
 Requests are generators (``operation``) that yield where they wait: a
 ``Hold`` (breakpoint), ``HOST_IO`` (their host I/O is next), ``RESCHEDULE``
-(an injected error's yield to the loop). ``EventLoop`` parks each at its
-yield and steps it on when qemu-io would.
+(an injected error's yield to the loop) or a number of seconds (a delay
+rule, an extension: a timer). ``EventLoop`` parks each at its yield and
+steps it on when qemu-io would.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -81,18 +83,25 @@ Finish = Callable[[Any, "OSError | None"], None]
 class _Request:
     """One request in flight: its generator, where it waits, what to do at its end."""
 
-    __slots__ = ("gen", "finish", "waiting", "ticket", "done")
+    __slots__ = ("gen", "finish", "waiting", "ticket", "wake", "done")
 
     def __init__(self, gen: Operation, finish: Finish) -> None:
         self.gen = gen
         self.finish = finish
-        self.waiting: Wait | None = None
+        self.waiting: Wait | float | None = None
         self.ticket = 0  # when it parked: orders the completions of a poll
+        self.wake = 0.0  # when a delay it waits for is over (time.monotonic)
         self.done = False
 
 
 class EventLoop:
-    """The requests in flight and the rules by which they progress."""
+    """The requests in flight and the rules by which they progress.
+
+    A request waits for one of: a ``Hold`` (until a resume releases it; it
+    then runs on at once), ``HOST_IO`` or ``RESCHEDULE`` (until a poll), or a
+    number of seconds (a delay rule: a timer that a poll runs once it is
+    due; 0 is a reschedule).
+    """
 
     def __init__(self) -> None:
         self.requests: list[_Request] = []
@@ -108,7 +117,7 @@ class EventLoop:
     def _step(self, request: _Request) -> None:
         request.waiting = None
         try:
-            waiting = request.gen.send(None)
+            waiting: Wait | float = request.gen.send(None)
         except StopIteration as stop:
             self._end(request, stop.value, None)
         except OSError as exc:
@@ -116,9 +125,16 @@ class EventLoop:
         else:
             self._tickets += 1
             request.ticket = self._tickets
-            request.waiting = waiting
             if isinstance(waiting, Hold):
+                request.waiting = waiting
                 waiting.add_callback(lambda: self._released(request, waiting))
+            elif isinstance(waiting, (int, float)) and waiting > 0:
+                request.waiting = float(waiting)
+                request.wake = time.monotonic() + waiting
+            elif isinstance(waiting, (int, float)):
+                request.waiting = RESCHEDULE
+            else:
+                request.waiting = waiting
 
     def _end(self, request: _Request, value: Any, error: OSError | None) -> None:
         request.done = True
@@ -135,33 +151,40 @@ class EventLoop:
         """One turn of the loop; False when nothing could progress.
 
         Rescheduled requests first (oldest first), then host I/O completions
-        (newest first); ``last``, a synchronous request, completes after the
-        others, whose host I/O started before its own.
+        (newest first), then the delays that are due; ``last``, a
+        synchronous request, goes on after the others, whose host I/O
+        started before its own.
         """
-        rescheduled = sorted(
-            (r for r in self.requests if r.waiting == RESCHEDULE and r is not last),
-            key=lambda r: r.ticket,
+        now = time.monotonic()
+        others = [r for r in self.requests if r is not last]
+        ready = sorted((r for r in others if r.waiting == RESCHEDULE), key=lambda r: r.ticket)
+        ready += sorted((r for r in others if r.waiting == HOST_IO), key=lambda r: -r.ticket)
+        ready += sorted(
+            (r for r in others if isinstance(r.waiting, float) and r.wake <= now),
+            key=lambda r: r.wake,
         )
-        completed = sorted(
-            (r for r in self.requests if r.waiting == HOST_IO and r is not last),
-            key=lambda r: -r.ticket,
-        )
-        ready = rescheduled + completed
-        if last is not None and isinstance(last.waiting, str):
+        if last is not None and self._due(last, now):
             ready.append(last)
         for request in ready:
-            if not request.done and isinstance(request.waiting, str):
+            if not request.done and self._due(request, now):
                 self._step(request)
         return bool(ready)
 
-    def poll_until(self, done: Callable[[], bool], what: str, last: _Request | None = None) -> None:
-        """Poll until ``done()``; Hang when nothing can progress any more."""
-        while not done():
-            if not self.poll(last):
-                raise Hang(what)
+    @staticmethod
+    def _due(request: _Request, now: float) -> bool:
+        waiting = request.waiting
+        return isinstance(waiting, str) or (isinstance(waiting, float) and request.wake <= now)
 
-    def held(self) -> list[Hold]:
-        return [r.waiting for r in self.requests if isinstance(r.waiting, Hold)]
+    def poll_until(self, done: Callable[[], bool], what: str, last: _Request | None = None) -> None:
+        """Poll until ``done()``, sleeping while only delays are left; Hang
+        when nothing can progress any more."""
+        while not done():
+            if self.poll(last):
+                continue
+            wakes = [r.wake for r in self.requests if isinstance(r.waiting, float)]
+            if not wakes:
+                raise Hang(what)
+            time.sleep(max(0.0, min(wakes) - time.monotonic()))
 
     def cancel(self) -> None:
         """Drop every request in flight (the script stopped)."""
