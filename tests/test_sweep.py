@@ -360,3 +360,49 @@ def test_it(blkdebug_sweep):
             "crash state e0-none: power lost at #1 end of the recording",
         ]
     )
+
+
+def test_a_lie_sweeps_too(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+import zlib
+
+def prep(disk):
+    for i in range(4):
+        block = bytes([i]) * 508
+        disk.write(i * 512, block + zlib.crc32(block).to_bytes(4, "little"))
+
+def read_all(disk):
+    blocks = []
+    for i in range(4):
+        raw = disk.read(i * 512, 512)
+        if zlib.crc32(raw[:508]).to_bytes(4, "little") != raw[508:]:
+            raise ValueError(f"block {i} fails its checksum")
+        blocks.append(raw[0])
+    return blocks
+
+def test_it(blkdebug_sweep):
+    def check(disk, outcome):
+        if outcome.hit:  # the Nth read returned one flipped bit: the checksum sees it
+            assert str(outcome.error) == f"block {outcome.n - 1} fails its checksum"
+            assert outcome.injected is None  # no error was raised: the disk lied
+        else:
+            assert outcome.value == [0, 1, 2, 3]
+    result = blkdebug_sweep.run(read_all, prep=prep, check=check, corrupt="bitflip")
+    assert result.points == 4
+
+def test_reported(blkdebug_sweep):
+    blkdebug_sweep.run(lambda d: d.read(0, 512), check=lambda d, o: o.raised, corrupt="zero",
+                       iotype="read")
+    blkdebug_sweep.run(lambda d: d.read(0, 512), check=lambda d, o: not o.hit or 1 / 0,
+                       corrupt="zero", iotype="read")
+""",
+    )
+    assert outcomes(result) == {"passed": 1, "failed": 2, "subtests passed": 8}
+    result.stdout.fnmatch_lines(
+        [
+            "*SweepFailure: N=1: corrupt=zero injected into read of 512 bytes at offset 0; "
+            "body returned; check failed: ZeroDivisionError: division by zero"
+        ]
+    )
