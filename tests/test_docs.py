@@ -256,6 +256,15 @@ def test_doc_block_runs(
     capsys: pytest.CaptureFixture[str],
     block: Block,
 ) -> None:
+    run_block(pytester, monkeypatch, capsys, block)
+
+
+def run_block(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    block: Block,
+) -> None:
     if "no-run" in block.directives:
         pytest.skip(f"not run: {block.directives['no-run']}")
     missing = requirement_missing(block)
@@ -286,6 +295,58 @@ def test_doc_block_runs(
         output = []
     for shown in outputs_after(block):
         assert_shows(shown, output)
+
+
+# The harness itself: a block that errors fails its test unless it is marked.
+
+BROKEN_PAGE = """\
+# A page
+
+```python
+raise RuntimeError("this example is broken")
+```
+
+```python
+def test_broken():
+    assert 1 == 2
+```
+
+<!-- no-run: shows a broken call on purpose -->
+```python
+raise RuntimeError("not run")
+```
+
+<!-- expect: failed=1 passed=0 -->
+```python
+def test_fails_as_the_page_says():
+    assert 1 == 2
+```
+"""
+
+
+@pytest.fixture
+def broken_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Block]:
+    page = tmp_path / "broken.md"
+    page.write_text(BROKEN_PAGE)
+    blocks = parse(page)
+    monkeypatch.setitem(ALL, page, blocks)
+    return blocks
+
+
+def test_an_unmarked_block_that_errors_fails(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    broken_page: list[Block],
+) -> None:
+    script, tests, marked, expected_failure = broken_page
+    with pytest.raises(RuntimeError, match="this example is broken"):
+        run_block(pytester, monkeypatch, capsys, script)
+    with pytest.raises(AssertionError):
+        run_block(pytester, monkeypatch, capsys, tests)
+    with pytest.raises(pytest.skip.Exception, match="not run: shows a broken call on purpose"):
+        run_block(pytester, monkeypatch, capsys, marked)
+    run_block(pytester, monkeypatch, capsys, expected_failure)
 
 
 @pytest.mark.parametrize("block", PYTEST_OUTPUTS, ids=[b.id for b in PYTEST_OUTPUTS])
