@@ -39,6 +39,7 @@ T = TypeVar("T")
 # The fast path's view of the operation data (see path.quiet): the events
 # unpacked, because one dict lookup each is the cheapest "nobody watches".
 _READ, _WRITE = request_path.READ, request_path.WRITE
+_READ_IOTYPE, _WRITE_IOTYPE = _READ.iotype, _WRITE.iotype
 (_READ_EVENT,) = _READ.events
 _WRITE_EVENT_1, _WRITE_EVENT_2, _WRITE_EVENT_3 = _WRITE.events
 
@@ -212,28 +213,23 @@ class Disk:
         engine = self.engine
         image = self.image
         live = engine.live_events
-        match = engine.matchers[_READ.iotype]
-        # The fast path (path.quiet): when nothing can apply, the host I/O is
-        # all there is (Image.pread inlined). The in-flight entry comes first
-        # and the range check (limit is -1 once closed) after it, so close()
-        # either sees this call in flight or this call sees the disk closed.
-        inflight = image.inflight
-        inflight.append(None)
-        try:
-            if (
-                type(offset) is int
-                and type(length) is int
-                and offset >= 0
-                and length >= 0
-                and offset + length <= image.limit
-                and (not live or _READ_EVENT not in live)
-                and (match is None or not match(offset, length))
-            ):
-                data = os.pread(image.fd, length, offset)
-                if len(data) == length:
-                    return data  # (a short read takes the full path, which loops)
-        finally:
-            inflight.pop()
+        match = engine.matchers[_READ_IOTYPE]
+        if (
+            type(offset) is int
+            and type(length) is int
+            and offset >= 0
+            and length >= 0
+            and offset + length <= image.limit  # -1 once closed
+            and (not live or _READ_EVENT not in live)
+            and (match is None or not match(offset, length))
+        ):
+            # The fast path (path.quiet): nothing can apply, so the host I/O
+            # is all there is (Image.pread inlined; ``image`` is held while
+            # its fd is used, see image.py). A short read takes the full
+            # path, which loops.
+            data = os.pread(image.fd, length, offset)
+            if len(data) == length:
+                return data
         return self._run(request_path.read(self, offset, length), on_hold)
 
     def write(
@@ -248,40 +244,35 @@ class Disk:
         engine = self.engine
         image = self.image
         live = engine.live_events
-        match = engine.matchers[_WRITE.iotype]
+        match = engine.matchers[_WRITE_IOTYPE]
         length = len(data) if type(data) is bytes else memoryview(data).nbytes
-        inflight = image.inflight
-        inflight.append(None)  # before the range check: see read()
-        try:
-            if (
-                type(offset) is int
-                and offset >= 0
-                and offset + length <= image.limit
-                and not image.readonly
-                and (
-                    not live
-                    or (
-                        _WRITE_EVENT_1 not in live
-                        and _WRITE_EVENT_2 not in live
-                        and _WRITE_EVENT_3 not in live
-                    )
+        if (
+            type(offset) is int
+            and offset >= 0
+            and offset + length <= image.limit  # -1 once closed
+            and not image.readonly
+            and (
+                not live
+                or (
+                    _WRITE_EVENT_1 not in live
+                    and _WRITE_EVENT_2 not in live
+                    and _WRITE_EVENT_3 not in live
                 )
-                and (match is None or not match(offset, length))
-                and not engine.watches_stores
-            ):
-                # The fast path (path.quiet): store (Image.pwrite inlined),
-                # then the dirty marks, failed or not (path.durability).
-                try:
-                    if os.pwrite(image.fd, data, offset) < length:
-                        image.pwrite(offset, data)  # a short write: write it all
-                finally:
-                    image.dirty_event = image.dirty_check = True
-                if engine.recorders:  # crash.py (path.stored): what reached the image
-                    for recorder in engine.recorders:
-                        recorder.on_store(self, "write", offset, length, data)  # type: ignore[arg-type]
-                return
-        finally:
-            inflight.pop()
+            )
+            and (match is None or not match(offset, length))
+            and not engine.watches_stores
+        ):
+            # The fast path (path.quiet): store (Image.pwrite inlined), then
+            # the dirty marks, failed or not (path.durability).
+            try:
+                if os.pwrite(image.fd, data, offset) < length:
+                    image.pwrite(offset, data)  # a short write: write it all
+            finally:
+                image.dirty_event = image.dirty_check = True
+            if engine.recorders:  # crash.py (path.stored): what reached the image
+                for recorder in engine.recorders:
+                    recorder.on_store(self, "write", offset, length, data)  # type: ignore[arg-type]
+            return
         self._run(request_path.write(self, offset, data), on_hold)
 
     def write_zeroes(
@@ -414,10 +405,14 @@ class Disk:
         if self._closed:
             return []
         self._closed = True
-        self.image.limit = -1  # the range check refuses every new request
+        image = self.image
+        image.limit = -1  # the range check refuses every new request
+        # Drop our reference: the descriptor number is freed once no request
+        # in flight holds the image (image.py says why).
+        self.image = Image.closed_stub(self.path, self.readonly)
         released = self.engine.release(list(self.holds))
         released += self.engine.detach()
-        self.image.close()  # waits for host calls in flight: none may hit a reused fd
+        image.close()
         return released
 
     def __enter__(self) -> Disk:

@@ -1,4 +1,5 @@
-"""The host file under a Disk: whole-length I/O and a guard against close.
+"""The host file under a Disk: whole-length I/O and a descriptor that
+outlives every request that may still use it.
 
 Two things a bare ``os.pread``/``os.pwrite`` gets wrong, in one place:
 
@@ -6,11 +7,15 @@ Two things a bare ``os.pread``/``os.pwrite`` gets wrong, in one place:
   request: reads and writes loop until done, and only a real end of file
   (a read returning nothing) pads with zeroes, as a hole would read.
 - A descriptor number is reused by the next ``open`` as soon as it is
-  closed. A thread past its request's checks must never write through a
-  number that now names another file, so every host call is counted in
-  flight and :meth:`Image.close` waits for those calls to end before it
-  closes the descriptor. Only host calls are counted, never a request's
-  waits (breakpoints, delays), so closing never waits on a test.
+  closed, so a thread past its request's checks could write through a
+  number that now names another file. ``Image.close`` therefore never frees
+  the number while a request may hold it: it atomically points the number
+  at a directory (``dup2``: a read fails with EISDIR, a write with EBADF;
+  calls already in the kernel finish on the image) and the number itself is
+  closed when the ``Image`` object is freed. Every user of ``fd`` holds the
+  ``Image`` (a method's ``self``, the fast path's local), and ``Disk.close``
+  drops its own reference, so that happens as soon as the last request in
+  flight returns. No per-request bookkeeping: the hot path pays nothing.
 """
 
 from __future__ import annotations
@@ -19,13 +24,9 @@ import ctypes
 import errno
 import fcntl
 import os
-import time
-from collections import deque
+import weakref
 from typing import NamedTuple
 
-#: How long ``close`` waits for host calls in flight (they do not wait on
-#: anything of ours, so this is only reached by a stuck kernel call).
-CLOSE_TIMEOUT = 30.0
 _MAX_IO = 0x7FFFF000  # Linux's per-call limit for read/write
 
 # The process's own symbols include libc's fallocate; ctypes.util.find_library
@@ -50,32 +51,28 @@ class ClosedError(ValueError):
 
 
 class Image:
-    """An open image file: its descriptor and the host calls on it.
-
-    Every method that touches the descriptor enters the in-flight count
-    first and checks ``closed`` after, so ``close`` (which sets ``closed``
-    first and then waits for the count to drain) and a request can never
-    both miss each other.
-    """
+    """An open image file: its descriptor, the host calls on it, and the
+    request-facing state of the disk over it (``limit``, dirty marks)."""
 
     __slots__ = (
         "path",
         "fd",
         "readonly",
         "closed",
-        "inflight",
         "limit",
         "dirty_event",
         "dirty_check",
+        "__weakref__",
     )
 
-    def __init__(self, path: str, *, readonly: bool = False) -> None:
+    def __init__(self, path: str, *, readonly: bool = False, fd: int | None = None) -> None:
         self.path = path
         self.readonly = readonly
-        self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         self.closed = False
-        #: One entry per host call in progress (deque append/pop are atomic).
-        self.inflight: deque[None] = deque()
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+            weakref.finalize(self, os.close, fd)  # the number is freed with the object
+        self.fd = fd
         #: Requests must end at or before ``limit`` (the disk's size; -1 once
         #: the disk closes, so the range check every request pays also
         #: catches a closed disk).
@@ -88,37 +85,34 @@ class Image:
         self.dirty_event = False
         self.dirty_check = False
 
+    @classmethod
+    def closed_stub(cls, path: str, readonly: bool) -> Image:
+        """What a closed Disk keeps: no descriptor, every request refused."""
+        stub = cls(path, readonly=readonly, fd=-1)
+        stub.closed = True
+        stub.limit = -1
+        return stub
+
     def closed_error(self, message: str | None = None) -> ClosedError:
         return ClosedError(message or f"I/O on closed disk {self.path}")
 
     def size(self) -> int:
         """The file's current size in bytes."""
-        __tracebackhide__ = True
-        self.inflight.append(None)
-        try:
-            if self.closed:
-                raise self.closed_error()
-            return os.fstat(self.fd).st_size
-        finally:
-            self.inflight.pop()
+        if self.closed:
+            raise self.closed_error()
+        return os.fstat(self.fd).st_size
 
     def pread(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; past the end of the file, zeroes."""
-        __tracebackhide__ = True
-        self.inflight.append(None)
-        try:
-            if self.closed:
-                raise self.closed_error()
-            data = os.pread(self.fd, length, offset)
-            if len(data) < length:
-                return self._pread_rest(data, offset, length)
-            return data
-        finally:
-            self.inflight.pop()
+        if self.closed:
+            raise self.closed_error()
+        data = os.pread(self.fd, min(length, _MAX_IO), offset)
+        if len(data) < length:
+            return self._pread_rest(data, offset, length)
+        return data
 
     def _pread_rest(self, first: bytes, offset: int, length: int) -> bytes:
         """Finish a short read: keep reading; pad only at a real end of file."""
-        __tracebackhide__ = True
         parts = [first]
         done = len(first)
         while done < length:
@@ -132,90 +126,53 @@ class Image:
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at ``offset`` (looping over short writes)."""
-        __tracebackhide__ = True
-        self.inflight.append(None)
-        try:
-            if self.closed:
-                raise self.closed_error()
-            written = os.pwrite(self.fd, data, offset)
-            length = len(data) if type(data) is bytes else memoryview(data).nbytes
-            if written < length:
-                view = memoryview(data).cast("B")
-                while written < length:
-                    written += os.pwrite(
-                        self.fd, view[written : written + _MAX_IO], offset + written
-                    )
-        finally:
-            self.inflight.pop()
+        if self.closed:
+            raise self.closed_error()
+        written = os.pwrite(self.fd, data, offset)
+        length = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if written < length:
+            view = memoryview(data).cast("B")
+            while written < length:
+                written += os.pwrite(self.fd, view[written : written + _MAX_IO], offset + written)
 
     def zero(self, offset: int, length: int, *, unmap: bool = True) -> None:
         """Zero a range: as a hole, or (``unmap=False``) allocated zeroes."""
-        __tracebackhide__ = True
-        self.inflight.append(None)
-        try:
-            if self.closed:
-                raise self.closed_error()
-            punch_hole(self.fd, offset, length)
-            if not unmap:
-                os.posix_fallocate(self.fd, offset, length)
-        finally:
-            self.inflight.pop()
+        if self.closed:
+            raise self.closed_error()
+        punch_hole(self.fd, offset, length)
+        if not unmap:
+            os.posix_fallocate(self.fd, offset, length)
 
     def extents(self, offset: int, length: int) -> list[Extent]:
         """Data/hole runs covering ``[offset, offset+length)``."""
-        __tracebackhide__ = True
-        self.inflight.append(None)
-        try:
-            if self.closed:
-                raise self.closed_error()
-            return extents(self.fd, offset, length)
-        finally:
-            self.inflight.pop()
+        if self.closed:
+            raise self.closed_error()
+        return extents(self.fd, offset, length)
 
     def sync(self) -> None:
         """``fdatasync`` the file (a durable disk's successful flush)."""
-        __tracebackhide__ = True
-        self.inflight.append(None)
-        try:
-            if self.closed:
-                raise self.closed_error()
-            os.fdatasync(self.fd)
-        finally:
-            self.inflight.pop()
+        if self.closed:
+            raise self.closed_error()
+        os.fdatasync(self.fd)
 
     def truncate(self, size: int) -> None:
         """Set the file's size (adapters whose files shrink and grow)."""
-        __tracebackhide__ = True
-        self.inflight.append(None)
-        try:
-            if self.closed:
-                raise self.closed_error()
-            os.ftruncate(self.fd, size)
-        finally:
-            self.inflight.pop()
-
-    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
-        """Refuse new host calls, wait for those in flight, close the descriptor.
-
-        Returns False if host calls were still running after ``timeout``: the
-        descriptor then stays open (pointing at ``/dev/null``, read-only), so
-        its number is never handed to another file while they run.
-        """
         if self.closed:
-            return True
+            raise self.closed_error()
+        os.ftruncate(self.fd, size)
+
+    def close(self) -> None:
+        """Refuse new calls and retire the descriptor (see the module's
+        docstring): calls in flight fail or finish, none reaches another file."""
+        if self.closed or self.fd < 0:
+            return
         self.closed = True
-        deadline = time.monotonic() + timeout
-        pause = 0.0001
-        while self.inflight:
-            if time.monotonic() >= deadline:
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, self.fd)
-                os.close(null)
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
-        os.close(self.fd)
-        return True
+        self.limit = -1
+        dead = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.dup2(dead, self.fd, inheritable=False)
+        finally:
+            os.close(dead)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
