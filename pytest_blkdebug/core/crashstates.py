@@ -227,7 +227,8 @@ class Crash:
             how = "then garbage" if self.garbage else "the rest as before"
             lines.append(f"  torn: {self.torn} cut after {self.cut} bytes, {how}")
         lines.append(f"  lost ({len(self.lost)}): {_listing(self.lost, limit)}")
-        lines.append(f"  marks (issued before the point): {', '.join(self.marks) or 'none'}")
+        where = "the point" if not self.same_as else "the point or a same-image state's point"
+        lines.append(f"  marks (issued before {where}): {', '.join(self.marks) or 'none'}")
         lines.append(f"  durable marks: {', '.join(self.durable_marks) or 'none'}")
         if self.same_as:
             lines.append(f"  same images as: {_listing_ids(self.same_as, limit)}")
