@@ -38,6 +38,14 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert (site / "index.html").exists() and (site / "BENCHMARKS" / "index.html").exists()
 
 
+def test_every_page_is_in_the_site_navigation() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1].split("\ntheme:", 1)[0]
+    listed = set(re.findall(r": (\S+\.md)$", nav, re.MULTILINE))
+    pages = {path.name for path in (ROOT / "docs").glob("*.md")}
+    assert pages - listed == set(), "add these pages to mkdocs.yml's nav"
+    assert listed - pages - {"index.md", "BENCHMARKS.md"} == set(), "nav names missing pages"
+
+
 def arguments(call: object) -> list[str]:
     return [
         name
