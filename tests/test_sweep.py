@@ -164,6 +164,12 @@ def test_it(blkdebug_sweep):
             "SUBFAILED[[]N=3[]] test_sweep_example.py::test_it*",
         ]
     )
+    result.stdout.fnmatch_lines(
+        [
+            "*= blkdebug sweeps =*",
+            "test_sweep_example.py::test_it: 5 points (write), 6 runs, 1 failed (N=3)",
+        ]
+    )
     assert "N=1" not in out.split("short test summary")[1].replace("N=3", "")
 
 

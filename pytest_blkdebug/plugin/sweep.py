@@ -73,6 +73,8 @@ RULE_NAME = "sweep"
 #: A sweep that has not ended after this many points is stopped as a failure.
 MAX_POINTS = 100_000
 SECTION = "blkdebug sweep"
+#: The user property that carries a sweep's summary line to the terminal.
+PROPERTY = "blkdebug.sweep"
 
 _POINT = pytest.StashKey["_Point | None"]()
 
@@ -159,10 +161,23 @@ class SweepResult:
     requests: dict[int, SweepRequest] = field(default_factory=dict)
     runs: list[int] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)
+    #: Crash mode: how many crash images ``check`` saw.
+    images: int = 0
 
     @property
     def points(self) -> int:
         return len(self.requests)
+
+    def line(self, what: str = "") -> str:
+        """One summary line: ``19 points (write, flush), 20 runs, 0 failed``."""
+        text = f"{self.points} points{f' ({what})' if what else ''}, {len(self.runs)} runs"
+        if self.images:
+            text += f", {self.images} crash images"
+        text += f", {len(self.failures)} failed"
+        if self.failures:
+            shown = ", ".join(f"N={n}" for n in self.failures[:10])
+            text += f" ({shown}{', ...' if len(self.failures) > 10 else ''})"
+        return text
 
 
 class SweepFailure(AssertionError):
@@ -258,6 +273,8 @@ class Sweep:
         self.part = part
         self._runs = 0
         self._collected: list[Exception] = []
+        #: One summary line per ``run()`` (the terminal's "blkdebug sweeps" section).
+        self.lines: list[str] = []
 
     def run(
         self,
@@ -349,6 +366,13 @@ class Sweep:
                 )
             if not self._point(n, spec, result):
                 break
+        proto = self._make_rule(rule, 1, persist)
+        what = ", ".join(t for t in IOTYPES if t in proto.iotype)
+        if rule["event"] != "none":
+            what += f" after {rule['event']}"
+        if mode == "crash":
+            what += "; power loss"
+        self.lines.append(result.line(what))
         if self._collected:
             failures, self._collected = self._collected, []
             raise SweepFailure("\n".join(str(exc) for exc in failures)) from failures[0]
@@ -398,7 +422,9 @@ class Sweep:
                         f"{_describe(error)}"
                     ) from error
                 if recording is not None and reached:
-                    self._check_crashes(n, spec, where, recording, outcome, engine.sweep_rule)
+                    self._check_crashes(
+                        n, spec, where, recording, outcome, engine.sweep_rule, result
+                    )
                 elif spec.check is not None:
                     self._check(n, spec.check, disk, outcome, engine.sweep_rule)
                 failed = False
@@ -435,6 +461,7 @@ class Sweep:
         recording: Recording,
         outcome: SweepOutcome,
         rule: InjectError | None,
+        result: SweepResult,
     ) -> None:
         """Check each crash image the power loss at point N can leave."""
         __tracebackhide__ = True
@@ -447,6 +474,7 @@ class Sweep:
             edges = {f"{last}none", f"{last}all"}
             states = [c for c in states if edges & {c.id, *c.same_as}]
         outcome.crashes = len(states)
+        result.images += len(states)
         for crash in states:
             folder = where / crash.id
             crash.restore(folder)
@@ -579,6 +607,7 @@ def pytest_configure(config: pytest.Config) -> None:
     only = config.getoption("blkdebug_sweep", None)
     if only is not None and only < 1:
         raise pytest.UsageError(f"--blkdebug-sweep: N must be 1 or more, not {only}")
+    config.pluginmanager.register(_Summary(), "blkdebug-sweep-summary")
 
 
 def _split_part(item: pytest.Item) -> tuple[int, int] | None:
@@ -608,6 +637,8 @@ def blkdebug_sweep(
     )
     item.stash[_POINT] = None
     yield sweep
+    for line in sweep.lines:  # carried by the report, so it works under xdist too
+        item.user_properties.append((PROPERTY, line))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -625,3 +656,24 @@ def pytest_runtest_makereport(
             text = f"{point.crash.describe()}\n{text}"
         text += f"\nseed: {point.disk.engine.seed}\nrerun this point: {point.rerun}"
         report.sections.append((f"{SECTION} N={point.n}", text))
+
+
+class _Summary:
+    """The "blkdebug sweeps" section: each sweep's line, from the reports."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown":
+            return
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                self.lines.append((report.nodeid, str(value)))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.lines:
+            return
+        terminalreporter.section("blkdebug sweeps")
+        for nodeid, line in self.lines:
+            terminalreporter.write_line(f"{nodeid}: {line}")
