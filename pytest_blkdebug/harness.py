@@ -199,16 +199,13 @@ class Harness:
         events = [events] if isinstance(events, str) else list(events)
         if isinstance(engine, Disk):
             engine = engine.engine
-        registry = EventRegistry((*self.events, *events)) if engine is None else engine.registry
-        if engine is not None:
-            register_events(registry, events)
-        loaded = self.load(rules, registry)
         if engine is None:
-            built = assemble_engine(rules=loaded, events=registry.custom, seed=self.seed)
+            registry = EventRegistry((*self.events, *events))
+            engine = Engine(self.load(rules, registry), registry=registry, seed=self.seed)
         else:
-            built = assemble_engine(engine, rules=loaded)
-        self.adopt(built, label)
-        return built
+            register_events(engine, events)
+            engine.add_rules(self.load(rules, engine.registry))
+        return self.adopt(engine, label)
 
     def adopt(self, engine: Engine, label: str | None = None) -> Engine:
         """Count ``engine`` in the run (once): the first is unlabelled, later
