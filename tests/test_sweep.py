@@ -412,3 +412,27 @@ def test_reported(blkdebug_sweep):
             "body returned; check failed: ZeroDivisionError: division by zero"
         ]
     )
+
+
+def test_without_subtests_the_failures_are_collected(pytester: pytest.Pytester) -> None:
+    # pytest before 9 has no subtests fixture: -p no:subtests stands for it
+    result = run(
+        pytester,
+        """
+def test_it(blkdebug_sweep):
+    def check(disk, outcome):
+        assert outcome.n not in (2, 3), "wrong"
+    blkdebug_sweep.run(workload, check=check, iotype="write")
+""",
+        "-p",
+        "no:subtests",
+    )
+    assert outcomes(result) == {"failed": 1}
+    result.stdout.fnmatch_lines(
+        [
+            "E *SweepFailure: N=2: EIO injected into write of 4096 bytes at offset 4096; "
+            "body raised it; check failed: AssertionError: wrong",
+            "E * N=3: EIO injected into write of 4096 bytes at offset 8192; *",
+            "test_sweep_example.py::test_it: 3 points (write), 4 runs, 2 failed (N=2, N=3)",
+        ]
+    )
