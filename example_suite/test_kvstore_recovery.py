@@ -116,7 +116,7 @@ def prepared_store(disk: Disk) -> None:
     KVStore.format(disk).commit(SETUP)
 
 
-# Proves the store's crash safety at every write and every flush of the
+# Proves: the store's crash safety at every write and every flush of the
 # workload (3 commits, 2 checkpoints): for N = 1, 2, ... a fresh copy of the
 # set-up store, the Nth write or flush fails, the store reports the error and
 # refuses further writes, and recovery returns exactly the committed
@@ -147,7 +147,7 @@ def test_every_write_and_flush_of_the_workload(blkdebug_sweep: Sweep) -> None:
     assert (operations.count("write"), operations.count("flush")) == (14, 7)
 
 
-# Proves the store survives a power loss at every write and flush of the
+# Proves: the store survives a power loss at every write and flush of the
 # workload (mode="crash"): the Nth request and everything after it never reach
 # the disk, and each crash image the point can leave (the volatile writes all
 # lost, or all kept) recovers to the committed transactions, plus the one in
@@ -172,7 +172,7 @@ def test_power_loss_at_every_write_and_flush(blkdebug_sweep: Sweep) -> None:
     assert len(images) > result.points + 1  # some points leave two different images
 
 
-# Proves recovery itself fails loudly, not wrongly: each read the reopening
+# Proves: recovery itself fails loudly, not wrongly: each read the reopening
 # store makes (superblocks, snapshot, journal records) fails in turn; opening
 # raises that I/O error instead of returning a partial table or calling the
 # store corrupt, and a second open, without the fault, recovers everything.

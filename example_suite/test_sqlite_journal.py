@@ -224,7 +224,7 @@ def sweep_check(disk: Disk, outcome: SweepOutcome) -> None:
         con.close()
 
 
-# Proves SQLite's atomic commit at every step (SQLite's own ioerr loop): for
+# Proves: SQLite's atomic commit at every step (SQLite's own ioerr loop): for
 # N = 1, 2, ... a fresh copy of a committed database, and the Nth write, sync
 # or delete of the next commit fails (the rollback journal's header and pages,
 # its syncs, the database pages, the database sync, the journal's delete).
@@ -252,7 +252,7 @@ def integrity_and_ids(disk: Disk) -> tuple[list[tuple[str]], list[int]]:
         con.close()
 
 
-# Proves SQLite's commit survives a power loss at each of those steps
+# Proves: SQLite's commit survives a power loss at each of those steps
 # (mode="crash"): the Nth write, sync or delete and everything after it never
 # reach the disk, and on every crash image the point can leave (unsynced
 # writes all lost, or all kept) a restarted SQLite finds an intact database
