@@ -48,7 +48,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import events as iotypes
@@ -97,7 +97,7 @@ HOST_IO = "host-io"
 RESCHEDULE = "reschedule"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Operation:
     """What one operation does around its request check, as data.
 
@@ -114,11 +114,11 @@ class Operation:
     before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     stores: bool = False
+    #: Every event a request of this operation may raise.
+    events: tuple[str, ...] = field(init=False)
 
-    @property
-    def events(self) -> tuple[str, ...]:
-        """Every event a request of this operation may raise."""
-        return self.before + self.after
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "events", self.before + self.after)
 
 
 READ = Operation("read", iotypes.READ, ("read_aio",))
@@ -220,20 +220,33 @@ def fire(
 def events_before(disk: Disk, op: Operation) -> Generator[Wait, bool | None, None]:
     """The events raised before the request is decided."""
     __tracebackhide__ = True
-    live = disk.engine.live_events
+    engine = disk.engine
+    live = engine.live_events
     for name in op.before:
         if name in live:
-            yield from fire(disk, name, op.name)
+            held = engine.fire(name, op.name)
+            if held is not None:
+                yield from hold(disk, held)
 
 
 def events_after(disk: Disk, op: Operation) -> Generator[Wait, bool | None, None]:
     """The events raised once the request is over (failed or not); none once
     the disk is closed."""
     __tracebackhide__ = True
-    live = disk.engine.live_events
+    engine = disk.engine
+    live = engine.live_events
     for name in op.after:
         if name in live and not disk.closed:
-            yield from fire(disk, name, op.name, settled=True)
+            held = engine.fire(name, op.name)
+            if held is not None:
+                yield from hold(disk, held, settled=True)
+
+
+def _watched(disk: Disk, events: tuple[str, ...]) -> bool:
+    """Whether any of ``events`` has a rule or breakpoint (else an events
+    stage has nothing to do and is skipped)."""
+    live = disk.engine.live_events
+    return bool(live) and not live.keys().isdisjoint(events)
 
 
 # -- 3. and 4. decision and effect --------------------------------------------------
@@ -317,18 +330,23 @@ def stored(disk: Disk, op: Operation, offset: int, length: int, data: bytes | No
 
 
 def store_write(
-    disk: Disk, offset: int, data: bytes | bytearray | memoryview, decision: Decision | None
+    disk: Disk,
+    offset: int,
+    length: int,
+    data: bytes | bytearray | memoryview,
+    decision: Decision | None,
 ) -> None:
     """Write ``data`` (as the decision alters or moves it, if it does)."""
     __tracebackhide__ = True
-    length = memoryview(data).nbytes
-    if decision is not None and decision.corrupt is not None:
-        data = corrupted(data, decision)
-    at, n = _target(disk, offset, length, decision)
-    if n == 0 and length:
-        return  # lost (or misdirected off the image): acknowledged, not stored
-    if n < length:
-        data = memoryview(data).cast("B")[:n]
+    at, n = offset, length
+    if decision is not None:
+        if decision.corrupt is not None:
+            data = corrupted(data, decision)
+        at, n = _target(disk, offset, length, decision)
+        if n == 0 and length:
+            return  # lost (or misdirected off the image): acknowledged, not stored
+        if n < length:
+            data = memoryview(data).cast("B")[:n]
     disk.image.pwrite(at, data)
     engine = disk.engine
     if engine.recorders or engine.watches_stores:
@@ -362,30 +380,46 @@ def durability(disk: Disk) -> None:
 # -- the operations -------------------------------------------------------------------
 
 
-def _changing(
-    disk: Disk, op: Operation, body: Generator[Wait, bool | None, None]
+def _store(
+    disk: Disk,
+    op: Operation,
+    offset: int,
+    length: int,
+    data: bytes | bytearray | memoryview | None,
+    unmap: bool = True,
 ) -> Generator[Wait, bool | None, None]:
-    """``events_before``, ``body`` (decision, effect, store), ``events_after``
-    and ``durability``: the frame of every operation that changes the image.
-    The after events come whether the body failed or not; a request dropped
-    by its driver (``close()`` of the generator) raises nothing more."""
+    """The request of an operation that changes the image (write with
+    ``data``, else write-zeroes or discard): events before, decision,
+    effect, store, then events after and durability whether it failed or
+    not. A request its driver drops (``close()`` of the generator) raises
+    nothing more."""
     __tracebackhide__ = True
     reached = False
     try:
-        yield from events_before(disk, op)
+        if _watched(disk, op.before):
+            yield from events_before(disk, op)
         reached = True
-        yield from body
+        decision = decide(disk.engine, op, offset, length)
+        if decision is not None:
+            yield from effect(disk.engine, op, decision, offset, length)
+        yield HOST_IO
+        if data is not None:
+            store_write(disk, offset, length, data, decision)
+        else:
+            store_zeroes(disk, op, offset, length, unmap, decision)
     except GeneratorExit:
         raise
     except BaseException:
         try:
-            yield from events_after(disk, op)
+            if _watched(disk, op.after):
+                yield from events_after(disk, op)
         finally:
             if reached:
                 durability(disk)
         raise
     try:
-        yield from events_after(disk, op)
+        if _watched(disk, op.after):
+            yield from events_after(disk, op)
     finally:
         durability(disk)
 
@@ -394,7 +428,8 @@ def read(disk: Disk, offset: int, length: int) -> Request[bytes]:
     """Read ``length`` bytes at ``offset`` (events: read_aio)."""
     __tracebackhide__ = True
     offset, length = range_check(disk, READ, offset, length)
-    yield from events_before(disk, READ)
+    if _watched(disk, READ.before):
+        yield from events_before(disk, READ)
     decision = decide(disk.engine, READ, offset, length)
     if decision is not None:
         yield from effect(disk.engine, READ, decision, offset, length)
@@ -402,34 +437,12 @@ def read(disk: Disk, offset: int, length: int) -> Request[bytes]:
     return load(disk, offset, length, decision)
 
 
-def _write_body(
-    disk: Disk, offset: int, length: int, data: bytes | bytearray | memoryview
-) -> Generator[Wait, bool | None, None]:
-    __tracebackhide__ = True
-    decision = decide(disk.engine, WRITE, offset, length)
-    if decision is not None:
-        yield from effect(disk.engine, WRITE, decision, offset, length)
-    yield HOST_IO
-    store_write(disk, offset, data, decision)
-
-
 def write(disk: Disk, offset: int, data: bytes | bytearray | memoryview) -> Request[None]:
     """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done)."""
     __tracebackhide__ = True
     length = len(data) if type(data) is bytes else memoryview(data).nbytes
     offset, length = range_check(disk, WRITE, offset, length)
-    yield from _changing(disk, WRITE, _write_body(disk, offset, length, data))
-
-
-def _zero_body(
-    disk: Disk, op: Operation, offset: int, length: int, unmap: bool
-) -> Generator[Wait, bool | None, None]:
-    __tracebackhide__ = True
-    decision = decide(disk.engine, op, offset, length)
-    if decision is not None:
-        yield from effect(disk.engine, op, decision, offset, length)
-    yield HOST_IO
-    store_zeroes(disk, op, offset, length, unmap, decision)
+    yield from _store(disk, WRITE, offset, length, data)
 
 
 def _empty(disk: Disk, op: Operation) -> None:
@@ -449,7 +462,7 @@ def write_zeroes(disk: Disk, offset: int, length: int, unmap: bool = True) -> Re
     offset, length = range_check(disk, WRITE_ZEROES, offset, length)
     if not length:
         return _empty(disk, WRITE_ZEROES)
-    yield from _changing(disk, WRITE_ZEROES, _zero_body(disk, WRITE_ZEROES, offset, length, unmap))
+    yield from _store(disk, WRITE_ZEROES, offset, length, None, unmap)
 
 
 def discard(disk: Disk, offset: int, length: int) -> Request[None]:
@@ -458,7 +471,7 @@ def discard(disk: Disk, offset: int, length: int) -> Request[None]:
     offset, length = range_check(disk, DISCARD, offset, length)
     if not length:
         return _empty(disk, DISCARD)
-    yield from _changing(disk, DISCARD, _zero_body(disk, DISCARD, offset, length, True))
+    yield from _store(disk, DISCARD, offset, length, None)
 
 
 def block_status(disk: Disk, offset: int, length: int) -> Request[list[Extent]]:
