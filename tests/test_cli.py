@@ -68,6 +68,8 @@ def test_help_exits_zero_and_shows_the_usage(image: Path) -> None:
         (["-c"], "blkdebug-io: argument -c/--cmd: expected one argument"),
         (["--wait-timeout", "soon", "img.raw"], "argument --wait-timeout: invalid float value"),
         (["--wait-timeout", "0", "img.raw"], "--wait-timeout must be positive, not 0"),
+        (["--wait-timeout", "nan", "img.raw"], "--wait-timeout must be a finite number, not nan"),
+        (["--wait-timeout", "inf", "img.raw"], "--wait-timeout must be a finite number, not inf"),
         (["-t", "writethrough", "img.raw"], "cache mode 'writethrough' is not supported"),
         (["-t", "none", "img.raw"], "always behaves as qemu-io -t writeback"),
         (["-t", "bogus", "img.raw"], "blkdebug-io: Invalid cache option: bogus"),

@@ -26,6 +26,7 @@ an ``aio_read``/``aio_write`` that fails does not count.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -218,8 +219,13 @@ def main(
             file=err,
         )
         return 1
-    if args.wait_timeout <= 0:
-        print(f"{PROG}: --wait-timeout must be positive, not {args.wait_timeout:g}", file=err)
+    if not 0 < args.wait_timeout < math.inf:  # nan fails too
+        print(
+            f"{PROG}: --wait-timeout must be positive, not {args.wait_timeout:g}"
+            if args.wait_timeout <= 0
+            else f"{PROG}: --wait-timeout must be a finite number, not {args.wait_timeout:g}",
+            file=err,
+        )
         return 1
     if not args.filename:
         print(

@@ -38,16 +38,15 @@ steps it on when qemu-io would.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 from ..core import path
 from ..core.disk import Disk
-from ..core.engine import Hold
-from ..core.path import HOST_IO, RESCHEDULE
+from ..core.hold import Hold
+from ..core.path import HOST_IO, RESCHEDULE, Wait
 
-Wait = Hold | str | float
-Operation = Generator[Wait, Any, Any]
+Operation = path.Request[Any]
 
 
 class Hang(Exception):
@@ -88,7 +87,7 @@ class _Request:
     def __init__(self, gen: Operation, finish: Finish) -> None:
         self.gen = gen
         self.finish = finish
-        self.waiting: Wait | float | None = None
+        self.waiting: Wait | None = None
         self.ticket = 0  # when it parked: orders the completions of a poll
         self.wake = 0.0  # when a delay it waits for is over (time.monotonic)
         self.done = False
@@ -117,7 +116,7 @@ class EventLoop:
     def _step(self, request: _Request) -> None:
         request.waiting = None
         try:
-            waiting: Wait | float = request.gen.send(None)
+            waiting = request.gen.send(None)
         except StopIteration as stop:
             self._end(request, stop.value, None)
         except OSError as exc:
