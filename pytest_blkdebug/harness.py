@@ -33,6 +33,7 @@ from .core.engine import Engine, Hold
 from .core.events import EventRegistry, register_events
 from .core.rules import Rule
 from .report import format_report, format_size
+from .rulefiles import load_rules
 
 __all__ = [
     "DEFAULT_HOLD_TIMEOUT",
@@ -73,8 +74,6 @@ class RuleFileCache:
 
     def load(self, path: str | os.PathLike[str], registry: EventRegistry) -> list[Rule]:
         """The rules of ``path``; raises what ``load_rules`` raises."""
-        from .rulefiles import load_rules
-
         try:
             st = os.stat(path)
         except OSError:  # load_rules says why, naming the file
