@@ -12,7 +12,7 @@ request where it waits.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from . import path
 from .hold import Hold
@@ -56,7 +56,7 @@ async def arun(request: Request[T], *, hold_timeout: float) -> T:
         try:
             wait = request.send(value) if error is None else request.throw(error)
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
         value = error = None
         try:
             if isinstance(wait, Hold):

@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import events as iotypes
 from .decision import Decision
@@ -567,7 +567,7 @@ def run(request: Request[T], *, hold_timeout: float, on_hold: OnHold | None = No
         try:
             wait = request.send(value) if error is None else request.throw(error)
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
         value = error = None
         if isinstance(wait, Hold):
             if threading.active_count() == 1:
