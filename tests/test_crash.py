@@ -247,7 +247,8 @@ def test_marks_become_durable_after_a_later_flush(tmp_path):
     assert last.marks == ("txn 1", "txn 2")
     assert last.durable_marks == ("txn 1",)
     report = last.describe()
-    assert last.id in report and "durable marks: txn 1" in report
+    assert last.id in report and "same-image state's point): txn 1" in report
+    assert "same images as: e2-none" in report
 
 
 def test_recording_cost_is_one_truthiness_test_when_off(tmp_path):

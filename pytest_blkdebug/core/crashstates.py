@@ -229,7 +229,9 @@ class Crash:
         lines.append(f"  lost ({len(self.lost)}): {_listing(self.lost, limit)}")
         where = "the point" if not self.same_as else "the point or a same-image state's point"
         lines.append(f"  marks (issued before {where}): {', '.join(self.marks) or 'none'}")
-        lines.append(f"  durable marks: {', '.join(self.durable_marks) or 'none'}")
+        lines.append(
+            f"  durable marks (flushed before {where}): {', '.join(self.durable_marks) or 'none'}"
+        )
         if self.same_as:
             lines.append(f"  same images as: {_listing_ids(self.same_as, limit)}")
         return "\n".join(lines)
