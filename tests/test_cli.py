@@ -542,3 +542,19 @@ def test_an_interrupted_script_closes_the_image_without_running_held_requests(
         cli.main([*(a for c in commands for a in ("-c", c)), "blkdebug::img.raw"], stdout=out)
     assert out.getvalue() == "blkdebug: Suspended request 'A'\n"
     assert image.read_bytes()[:512] == bytes(512)
+
+
+def test_a_delay_rule_keeps_an_aio_request_until_a_poll_after_the_delay(image: Path) -> None:
+    """A delay (an extension) is a timer in blkdebug-io's event loop: the
+    aio_read waits through the commands that do not poll, and aio_flush
+    waits for it."""
+    (image.parent / "d.toml").write_text(
+        '[[inject-error]]\nevent = "read_aio"\nerrno = 0\ndelay = 0.2\niotype = "read"\n'
+    )
+    start = time.monotonic()
+    status, out, err = run(
+        ["-c", "aio_read 0 512", "-c", "length", "-c", "aio_flush", "blkdebug:d.toml:img.raw"]
+    )
+    assert (status, err) == (0, "")
+    assert no_stats(out) == ["1 MiB", "read 512/512 bytes at offset 0"]
+    assert time.monotonic() - start >= 0.2

@@ -131,3 +131,19 @@ def test_errors_finish_the_request_and_cancel_closes_the_rest() -> None:
     loop.start(parked(), finished(log))
     loop.cancel()
     assert closed == ["closed"] and not loop.requests
+
+
+def test_run_for_runs_what_is_ready_and_the_delays_due_meanwhile() -> None:
+    """qemu-io's ``sleep`` runs its main loop: completions and due timers go
+    on; a delay longer than the sleep is still waiting afterwards."""
+    log: Log = []
+    loop = EventLoop()
+    loop.start(request(log, "io", HOST_IO), finished(log))
+    loop.start(request(log, "soon", 0.02), finished(log))
+    loop.start(request(log, "late", 5.0), finished(log))
+    start = time.monotonic()
+    loop.run_for(0.1)
+    assert 0.09 <= time.monotonic() - start < 1
+    assert "finish io" in log and "finish soon" in log and "finish late" not in log
+    assert len(loop.requests) == 1
+    loop.cancel()

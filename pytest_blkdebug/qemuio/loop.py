@@ -185,6 +185,19 @@ class EventLoop:
                 raise Hang(what)
             time.sleep(max(0.0, min(wakes) - time.monotonic()))
 
+    def run_for(self, seconds: float) -> None:
+        """Run the loop for ``seconds`` (qemu-io's ``sleep``): whatever is
+        ready goes on, and so does each delay that falls due meanwhile."""
+        deadline = time.monotonic() + seconds
+        while True:
+            while self.poll():
+                pass
+            wakes = [r.wake for r in self.requests if isinstance(r.waiting, float)]
+            until = min([deadline, *wakes])
+            time.sleep(max(0.0, until - time.monotonic()))
+            if until >= deadline:
+                return
+
     def cancel(self) -> None:
         """Drop every request in flight (the script stopped)."""
         for request in list(self.requests):

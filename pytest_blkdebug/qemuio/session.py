@@ -282,9 +282,7 @@ class Session:
 
     def cmd_sleep(self, spec: Spec, argv: list[str]) -> int:
         ms = parse_sleep(argv[1])
-        while self.loop.poll():  # qemu-io's main loop runs while it sleeps
-            pass
-        time.sleep(ms / 1000)
+        self.loop.run_for(ms / 1000)  # qemu-io's main loop runs while it sleeps
         return 0
 
     # -- breakpoint commands -----------------------------------------------------
