@@ -23,7 +23,7 @@ import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
-from .crash import Entry, Log, Unit
+from .crashlog import Entry, Log, Unit
 from .image import copy_sparse as _copy_sparse
 from .image import punch_hole as _punch_hole
 

@@ -32,12 +32,15 @@ import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .crash import Entry, Flush, Log, Point, Recording, Unit, Write
+from .crashlog import Entry, Flush, Log, Point, Unit, Write
 from .crashplan import INFINITY, EpochBase, Kept, Plan, materialize, state_plan, update
 from .disk import Disk
 from .engine import Engine
+
+if TYPE_CHECKING:
+    from .crash import Recording
 
 __all__ = ["Crash", "CrashList", "build"]
 
