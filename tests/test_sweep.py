@@ -136,7 +136,7 @@ def test_a_body_that_breaks_at_n3_is_reported_as_n3_with_its_request(
     result = run(
         pytester,
         """
-def test_it(blkdebug_sweep):
+def test_it(blkdebug_sweep, tmp_path):
     def body(disk):
         for i in range(5):
             try:
@@ -150,6 +150,9 @@ def test_it(blkdebug_sweep):
 
     result = blkdebug_sweep.run(body, check=check, iotype="write")
     assert result.failures == [3] and result.points == 5
+    # the failing point's files stay for a look; the passing points' are gone
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["N=3", "template"]
+    assert (tmp_path / "sweep" / "N=3" / "disk.img").exists()
 """,
     )
     assert outcomes(result) == {"failed": 2, "subtests passed": 5}

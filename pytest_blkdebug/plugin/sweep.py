@@ -273,6 +273,7 @@ class Sweep:
         self.part = part
         self._runs = 0
         self._collected: list[Exception] = []
+        self._spare: Path | None = None
         #: One summary line per ``run()`` (the terminal's "blkdebug sweeps" section).
         self.lines: list[str] = []
 
@@ -366,6 +367,9 @@ class Sweep:
                 )
             if not self._point(n, spec, result):
                 break
+        if self._spare is not None:
+            shutil.rmtree(self._spare, ignore_errors=True)
+            self._spare = None
         proto = self._make_rule(rule, 1, persist)
         what = ", ".join(t for t in IOTYPES if t in proto.iotype)
         if rule["event"] != "none":
@@ -384,6 +388,12 @@ class Sweep:
         """Run point N; whether it reached the fault."""
         __tracebackhide__ = True
         where = spec.base / f"N={n}"
+        if self._spare is not None:  # the last passing point's directory, emptied
+            os.rename(self._spare, where)
+            self._spare = None
+            _empty(where)
+        else:
+            where.mkdir()
         _copy_tree(spec.template, where)
         no_rules = self.factory.session.settings.no_rules  # --blkdebug-no-rules: no fault
         engine = _PointEngine(
@@ -434,9 +444,9 @@ class Sweep:
                     recording.close()
         self.item.stash[_POINT] = None
         if failed:
-            result.failures.append(n)
+            result.failures.append(n)  # its files stay, for a look
         else:
-            shutil.rmtree(where, ignore_errors=True)  # keep only failed points' files
+            self._spare = where  # reused by the next point: cheaper than rmdir + mkdir
         return reached
 
     def _check(
@@ -542,14 +552,24 @@ class Sweep:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
-    """A point's own copy of the template directory: sparse or reflinked files."""
-    dst.mkdir()
+    """Copy the template directory into ``dst`` (which exists): sparse or
+    reflinked files."""
     for entry in os.scandir(src):
         target = dst / entry.name
         if entry.is_dir(follow_symlinks=False):
+            target.mkdir()
             _copy_tree(Path(entry.path), target)
         elif entry.is_file(follow_symlinks=False):
             create_image(target, entry.stat().st_size, entry.path)
+
+
+def _empty(folder: Path) -> None:
+    """Remove what a point left in its directory."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)
 
 
 def _describe(exc: BaseException) -> str:
