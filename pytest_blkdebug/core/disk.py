@@ -203,11 +203,13 @@ class Disk:
         __tracebackhide__ = True
         return run(request, hold_timeout=self.hold_timeout, on_hold=on_hold)
 
-    def read(self, offset: int, length: int, *, on_hold: OnHold | None = None) -> bytes:
+    def read(self, offset: int, length: int, on_hold: OnHold | None = None) -> bytes:
         """Read ``length`` bytes at ``offset`` (events: read_aio).
 
         ``on_hold(hold)`` is called before the request blocks at a
         breakpoint (servers hand their connection on; see ``path.run``).
+        Pass it by keyword; it is not keyword-only because a keyword-only
+        parameter costs every call ~40 ns in CPython 3.11 (no specialised call).
         """
         __tracebackhide__ = True
         engine = self.engine
@@ -236,10 +238,10 @@ class Disk:
         self,
         offset: int,
         data: bytes | bytearray | memoryview,
-        *,
         on_hold: OnHold | None = None,
     ) -> None:
-        """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done)."""
+        """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done;
+        ``on_hold``: see ``read``)."""
         __tracebackhide__ = True
         engine = self.engine
         image = self.image
