@@ -289,3 +289,22 @@ def test_wait_break_polls_only_while_the_tag_is_not_suspended(tmp_path: Path) ->
         ],
     )
     assert FAILED_READ in polled.stdout
+
+
+def test_a_flush_with_work_to_do_polls(tmp_path: Path) -> None:
+    """A dirty flush reaches its host I/O (fdatasync), so it polls; the
+    clean one in test_which_commands_poll_the_event_loop does not."""
+    commands = ["write 131072 512", "aio_write 0 512", "flush", "aio_read 8192 512"]
+    assert FAILED_READ in _agree(tmp_path, commands).stdout
+
+
+def test_a_request_failed_by_an_immediately_rule_does_not_poll(tmp_path: Path) -> None:
+    """Failing at once, the synchronous read never waits, so the aio_write
+    stays in flight: the state is still 1 when the aio_read starts."""
+    rules = COMPLETED + (
+        '\n[inject-error]\nevent = "read_aio"\nstate = "1"\nerrno = "13"\n'
+        'iotype = "read"\nonce = "on"\nimmediately = "on"\n'
+    )
+    ours = _agree(tmp_path, ["aio_write 0 512", "read 65536 512", "aio_read 8192 512"], rules)
+    assert "read failed: Permission denied" in ours.stdout
+    assert FAILED_READ not in ours.stdout
