@@ -18,24 +18,30 @@ import pytest
 PACKAGE = "pytest_blkdebug"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
-#: Lowest first. A module's layer is the first prefix that matches its dotted
-#: name (relative to the package); more specific prefixes come first.
+#: Lowest first. A module's layer is given by the longest dotted prefix of its
+#: name (relative to the package) listed here.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    # The NBD server is generic over a small backend protocol (nbdkit's
+    # shape), so it sits below the core, which serves a Disk through it.
+    ("nbd server", ("nbd",)),
     ("core", ("core",)),
     ("rulefiles", ("rulefiles",)),
     ("library services", ("report", "harness")),
-    ("views and tools", ("nbd", "qemuio", "adapters")),
+    ("views and tools", ("nbd.cli", "nbd.__main__", "qemuio", "adapters")),
     ("pytest plugin", ("plugin",)),
     ("package entry points", ("__init__", "__main__")),
 ]
 
 
 def layer_of(module: str) -> int:
-    parts = module.split(".")
+    best, best_len = -1, -1
     for index, (_, prefixes) in enumerate(LAYERS):
-        if parts[0] in prefixes:
-            return index
-    raise AssertionError(f"module {module!r} has no layer: add it to LAYERS in {__file__}")
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = index, len(prefix)
+    if best < 0:
+        raise AssertionError(f"module {module!r} has no layer: add it to LAYERS in {__file__}")
+    return best
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
