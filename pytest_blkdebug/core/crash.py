@@ -31,7 +31,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .crashlog import (
     _DIR,
@@ -103,6 +103,10 @@ class Recording:
         self.crash_count = itertools.count(1)
         #: Unmodified crash copies kept for reuse, per unit: (path, content).
         self.pool: dict[int, tuple[str, Any]] = {}
+        #: The class of the first disk recorded: crash states open their
+        #: images with it, so this layer never imports ``Disk`` (the disk
+        #: and the engine create recordings; importing them back would be a cycle).
+        self.disk_type: type[Disk] | None = None
 
     # -- lifetime ----------------------------------------------------------------
 
@@ -181,9 +185,9 @@ class Recording:
         unit = self._units.get(disk) or self._adopt(disk)
         return unit, len(self._log)
 
-    def on_flush_end(self, disk: Disk, token: tuple[Unit, int], ok: bool) -> None:
+    def on_flush_end(self, disk: Disk, token: object, ok: bool) -> None:
         """The flush issued with ``token`` completed (``ok``) or failed."""
-        unit, begin = token
+        unit, begin = cast("tuple[Unit, int]", token)
         self._append((_FLUSH, unit, begin, ok))
 
     def on_file_op(self, kind: str, path: str, details: dict[str, Any]) -> None:
@@ -244,6 +248,8 @@ class Recording:
         path = os.path.abspath(disk.path)
         unit = self._adopt_path(path)
         self._units[disk] = unit
+        if self.disk_type is None:
+            self.disk_type = type(disk)
         return unit
 
     def _adopt_path(self, path: str) -> Unit:

@@ -36,11 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from .crashlog import Entry, Flush, Log, Point, Unit, Write
 from .crashplan import INFINITY, EpochBase, Kept, Plan, materialize, state_plan, update
-from .disk import Disk
-from .engine import Engine
 
 if TYPE_CHECKING:
     from .crash import Recording
+    from .disk import Disk
 
 __all__ = ["Crash", "CrashList", "build"]
 
@@ -156,10 +155,18 @@ class Crash:
             written.append(target)
         return written
 
-    def open(self, disk: Disk | str | os.PathLike[str] | None = None, **kwargs: Any) -> CrashDisk:
+    def open(
+        self,
+        disk: Disk | str | os.PathLike[str] | None = None,
+        *,
+        keep: bool = False,
+        **kwargs: Any,
+    ) -> Disk:
         """A fresh ``Disk`` (own engine; ``kwargs`` go to ``Disk``) on a copy
         of ``disk``'s crash image; ``disk`` may be omitted when the recording
-        saw one file. Closing it deletes the copy."""
+        saw one file. Closing it deletes the copy (``keep=True`` keeps it); an
+        unmodified copy is recycled into the next state's image of the same
+        file by rewriting only what differs."""
         plan = self.plan()
         path = self._pick(plan, disk)
         content = plan[path]
@@ -179,9 +186,22 @@ class Crash:
             name = f"{next(self.recording.crash_count)}-{os.path.basename(path)}"
             target = os.path.join(folder, name)
             materialize(content, target, self.seed)
+        disk_type = self.recording.disk_type
+        if disk_type is None:  # pragma: no cover - a path in the plan was stored by a disk
+            raise RuntimeError("the recording saw no disk to open its crash images with")
         if "engine" in kwargs:
-            return CrashDisk(target, **kwargs)
-        return CrashDisk(target, engine=Engine(), pool=(pool, content), **kwargs)
+            return disk_type(target, on_close=_CrashCopy(target, keep, None, None), **kwargs)
+        # A fresh engine of the recorded one's class, its only recorder the
+        # tracker that tells whether the copy can be reused unchanged.
+        tracker = _Modified()
+        crash_disk = disk_type(
+            target,
+            engine=type(self.recording.engine)(),
+            on_close=_CrashCopy(target, keep, (pool, content), tracker),
+            **kwargs,
+        )
+        crash_disk.engine.recorders = (tracker,)
+        return crash_disk
 
     def read(self, disk: Disk | str | os.PathLike[str] | None = None) -> bytes | None:
         """The whole crash image of ``disk`` as bytes (None: the file is absent).
@@ -244,10 +264,10 @@ class Crash:
 
 
 class _Maybe:
-    def __init__(self, disk: CrashDisk | None) -> None:
+    def __init__(self, disk: Disk | None) -> None:
         self.disk = disk
 
-    def __enter__(self) -> CrashDisk | None:
+    def __enter__(self) -> Disk | None:
         return self.disk
 
     def __exit__(self, *exc: object) -> None:
@@ -255,44 +275,37 @@ class _Maybe:
             self.disk.close()
 
 
-class CrashDisk(Disk):
-    """A Disk on a crash image copy; closing it removes the copy (``keep=True``
-    keeps it). An unmodified copy is recycled: the recording turns it into
-    the next state's image of the same file by rewriting only what differs."""
+class _CrashCopy:
+    """A crash copy's ``on_close``: delete the copy, or keep it, or (unmodified)
+    hand it to the pool for the next state of the same file."""
 
     def __init__(
         self,
         path: str,
-        *,
-        keep: bool = False,
-        pool: tuple[dict[int, tuple[str, Content]], Content] | None = None,
-        **kwargs: Any,
+        keep: bool,
+        pool: tuple[dict[int, tuple[str, Content]], Content] | None,
+        tracker: _Modified | None,
     ) -> None:
-        super().__init__(path, **kwargs)
-        self._keep = keep
-        self._pool = pool
-        self._tracker = _Modified()
-        if pool is not None:
-            self.engine.recorders = (self._tracker,)  # type: ignore[assignment]
+        self.path = path
+        self.keep = keep
+        self.pool = pool
+        self.tracker = tracker
 
-    def close(self) -> list[tuple[str, Any]]:
-        released = super().close()
-        if self._keep:
-            return released
-        if self._pool is not None and not self._tracker.modified:
-            pool, content = self._pool
+    def __call__(self, disk: object) -> None:
+        if self.keep:
+            return
+        path = self.path
+        if self.pool is not None and self.tracker is not None and not self.tracker.modified:
+            pool, content = self.pool
             previous = pool.get(content[0].ident)
             pool[content[0].ident] = (self.path, content)
             if previous is None:
-                return released
+                return
             path = previous[0]
-        else:
-            path = self.path
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        return released
 
 
 class _Modified:

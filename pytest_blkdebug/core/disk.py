@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..nbd.server import DEFAULT_MAX_CONNECTIONS, NBDExport
@@ -65,8 +65,12 @@ class Disk:
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
         size: int | None = None,
         seed: int | None = None,
+        on_close: Callable[[Disk], object] | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        #: Called once, with the disk, after it closed: lets an owner (a crash
+        #: state's copy, say) clean up after a Disk without subclassing it.
+        self.on_close = on_close
         if engine is None:
             engine = Engine(rules, events=events, seed=seed)
         elif seed is not None and seed != engine.seed:
@@ -415,6 +419,8 @@ class Disk:
         released = self.engine.release(list(self.holds))
         released += self.engine.detach()
         image.close()
+        if self.on_close is not None:
+            self.on_close(self)
         return released
 
     def __enter__(self) -> Disk:

@@ -31,7 +31,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .active import (
     NO_MATCHERS,
@@ -55,6 +55,7 @@ __all__ = [
     "Engine",
     "Hold",
     "Observer",
+    "Recorder",
     "RuleStatus",
     "RuleView",
     "StateChange",
@@ -75,6 +76,22 @@ class _Suspension(NamedTuple):
 
 Observer = Callable[[str, object], None]
 """``observer(what, detail)``: what is "hit", "suspend" or "resume"."""
+
+
+class Recorder(Protocol):
+    """What the request path tells a recorder (``engine.recorders``; a crash
+    ``Recording`` is one): what really reached the image, and each flush's
+    start and end. A protocol, so the engine needs no recorder's module."""
+
+    def on_store(
+        self, disk: Any, operation: str, offset: int, length: int, data: bytes | None
+    ) -> None: ...
+
+    def on_flush_begin(self, disk: Any) -> object: ...
+
+    def on_flush_end(self, disk: Any, token: object, ok: bool) -> None: ...
+
+    def on_file_op(self, kind: str, path: str, details: dict[str, Any]) -> None: ...
 
 
 class Engine:
@@ -133,7 +150,7 @@ class Engine:
         self._users = 0  # disks attached (several may share one engine)
         self.disks: weakref.WeakSet[Any] = weakref.WeakSet()  # open ones, for record()
         #: Active recordings (crash.py), whose hooks the request path calls.
-        self.recorders: tuple[Recording, ...] = ()
+        self.recorders: tuple[Recorder, ...] = ()
         #: Seconds of injected delay requests have waited (the request path adds).
         self.injected_delay = 0.0
         self.add_rules(rules)
