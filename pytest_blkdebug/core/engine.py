@@ -143,7 +143,7 @@ class Engine:
         #: ``stored(offset, length)`` after each successful store.
         self.watches_stores = False
         self._suspended: list[_Suspension] = []  # most recent first, as QEMU's list
-        self._trace: deque[tuple] = deque(maxlen=trace_length)
+        self._trace: deque[tuple[Any, ...]] = deque(maxlen=trace_length)
         self._trace_append = self._trace.append
         self._observers: tuple[Observer, ...] = ()
         self.opened = False

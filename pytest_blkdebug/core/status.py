@@ -10,7 +10,7 @@ engine again, so a view kept in a variable never shows stale numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .events import IOTYPES
 from .rules import Rule
@@ -126,7 +126,7 @@ class StateChange(NamedTuple):
     event: str
 
 
-def trace_entry(raw: tuple) -> TraceEntry:
+def trace_entry(raw: tuple[Any, ...]) -> TraceEntry:
     """A raw trace tuple (what the hot path appends) as a ``TraceEntry``."""
     if raw[0] == "event":
         return TraceEntry("event", raw[1], 0, 0, None, 0, raw[2])

@@ -495,7 +495,7 @@ class _IniParser:
                 f"wraps to {offset}): it can never match; loaded as sector {MAX_SECTOR}",
             )
             return MAX_SECTOR
-        sector = offset // 512
+        sector = int(offset) // 512
         self._number_warning(line, "sector", raw, number, sector)
         return sector
 

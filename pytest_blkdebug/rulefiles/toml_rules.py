@@ -20,7 +20,7 @@ import sys
 from bisect import bisect_left
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from ..core.errors import RuleError, RuleFileError
 from ..core.events import EventRegistry, register_events, unknown_name_message
@@ -52,7 +52,7 @@ def _tomllib() -> ModuleType:
             raise RuleError(
                 "reading TOML rule files on Python 3.10 needs 'tomli' (pip install tomli)"
             ) from None
-    return tomllib
+    return cast(ModuleType, tomllib)  # tomli is untyped where it is absent
 
 
 def _first(match: re.Match[str], *groups: int) -> str:
