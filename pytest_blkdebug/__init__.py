@@ -7,6 +7,8 @@ against it and read the engine's state and counters. The pytest plugin
 
 from __future__ import annotations
 
+from .core.crash import Recording
+from .core.crashstates import Crash, CrashList
 from .core.decision import Decision
 from .core.disk import Disk, DiskFile, Extent
 from .core.engine import Engine, RuleStatus, RuleView, StateChange, TraceEntry
@@ -23,6 +25,9 @@ from .core.sizes import parse_size
 from .rulefiles import RuleFileWarning, dump_ini, dump_toml, load_rules, save_rules
 
 __all__ = [
+    "Crash",
+    "CrashList",
+    "Recording",
     "BadSector",
     "Breakpoint",
     "BreakpointError",
