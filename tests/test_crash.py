@@ -75,6 +75,19 @@ def test_flush_makes_only_earlier_writes_durable(tmp_path):
     }
 
 
+def test_a_write_from_a_reused_buffer_is_recorded_as_it_was_stored(tmp_path):
+    # The caller (NBD's reused receive buffer) overwrites its bytearray after
+    # the write: the recording keeps what reached the image.
+    disk = make(tmp_path, sectors=2)
+    buffer = bytearray(block(7))
+    with disk.record() as run:
+        disk.write(0, buffer)
+        buffer[:] = block(9)
+        disk.write(512, memoryview(buffer))
+        buffer[:] = block(5)
+    assert run.crashes().by_id("e0-all").read() == block(7) + block(9)
+
+
 def test_failed_flush_makes_nothing_durable(tmp_path):
     disk = make(
         tmp_path,

@@ -240,6 +240,22 @@ def test_recorders_hear_every_store_and_flush(disk, recorder):
     ]
 
 
+@pytest.mark.parametrize("path_taken", ["fast", "full"])
+@pytest.mark.parametrize("buffer", [bytearray, memoryview])
+def test_recorders_get_immutable_bytes_not_the_callers_buffer(disk, recorder, path_taken, buffer):
+    # NBD reuses its write buffer: what the recorder holds must not change
+    # when the caller writes into that buffer again (both paths copy, and
+    # only when there is a recorder).
+    if path_taken == "full":  # a live event sends the write through the generators
+        disk.engine.add_rules([bd.InjectError("pwritev_done", sector=100, name="far")])
+    raw = bytearray(b"original")
+    disk.write(0, buffer(raw))
+    raw[:] = b"mutated!"
+    ((operation, offset, length, data),) = recorder.stores
+    assert (operation, offset, length) == ("write", 0, 8)
+    assert type(data) is bytes and data == b"original"
+
+
 def test_store_watchers_hear_successful_stores(disk, monkeypatch):
     heard = []
     monkeypatch.setattr(disk.engine, "watches_stores", True)
@@ -276,3 +292,27 @@ def test_create_and_open_take_named_keywords(tmp_path):
         bd.Disk.open(tmp_path / "a", readonyl=True)  # type: ignore[call-arg]
     with bd.Disk.open(tmp_path / "a", readonly=True, size=8192) as disk:
         assert disk.size == 8192 and disk.readonly
+
+
+# -- the fast path's gate ------------------------------------------------------------------------
+
+
+def test_the_gate_follows_events_arming_and_store_watches(disk):
+    engine = disk.engine
+    read, write = engine.gate(path.READ), engine.gate(path.WRITE)
+    assert engine.gate(path.READ) is read  # one per engine and operation
+    assert read.check is None and write.check is None
+    engine.add_rules([bd.InjectError("cow_read", sector=0, name="idle")])
+    assert read.check is None and write.check is None  # no event of theirs is live
+    engine.add_rules([bd.InjectError("none", iotype="read", sector=8, name="armed")])
+    assert read.check is None  # not armed until "none" fires
+    engine.fire("none")
+    assert read.check is not None and write.check is None
+    assert not path.quiet(engine, path.READ, 4096, 512) and path.quiet(engine, path.READ, 0, 512)
+    disk.break_on("read_aio", "b")
+    assert read.check(0, 512) and not path.quiet(engine, path.READ, 0, 512)
+    disk.remove_break("b")
+    assert not read.check(0, 512)
+    engine.add_rules([bd.BadSector(sector=64, name="bad")])
+    assert write.check(0, 512)  # stores must heal it
+    assert read.check(64 * 512, 512) and not read.check(0, 512)

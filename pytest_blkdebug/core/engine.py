@@ -40,6 +40,7 @@ from .active import (
     EventPlan,
     Matcher,
     Slot,
+    always,
     either,
     holding,
 )
@@ -53,6 +54,7 @@ from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry, 
 
 __all__ = [
     "Engine",
+    "Gate",
     "Hold",
     "Observer",
     "Recorder",
@@ -67,6 +69,40 @@ if TYPE_CHECKING:
 
 TRACE_LENGTH = 64
 HISTORY_LENGTH = 256
+
+
+class GatedOperation(Protocol):
+    """What a gate needs to know of an operation (``path.Operation`` is one)."""
+
+    @property
+    def iotype(self) -> int: ...
+    @property
+    def events(self) -> tuple[str, ...]: ...
+    @property
+    def stores(self) -> bool: ...
+
+
+class Gate:
+    """The fast path's one test for an operation: ``check`` is None when
+    nothing can apply to any request of it, else a callable ``(offset,
+    length) -> bool`` that is False when nothing can apply to that request.
+
+    Nothing can apply when none of the operation's events has a rule or a
+    breakpoint, no armed rule can match (the iotype's matcher), and, for
+    an operation that stores, no bad-sector rule watches stores. The engine
+    recomputes ``check`` (under its lock) whenever one of those changes, so
+    a request pays one attribute load and at most one call for all three.
+    ``check`` may say True when nothing applies (the request then takes
+    the full path, which finds nothing); never False when something does.
+    """
+
+    __slots__ = ("events", "iotype", "stores", "check")
+
+    def __init__(self, op: GatedOperation) -> None:
+        self.events = frozenset(op.events)
+        self.iotype = op.iotype
+        self.stores = op.stores
+        self.check: Matcher | None = None
 
 
 class _Suspension(NamedTuple):
@@ -139,9 +175,7 @@ class Engine:
         self.matchers: tuple[Matcher | None, ...] = NO_MATCHERS
         #: Sectors of bad-sector rules not yet healed (None: none). Replaced, never mutated.
         self._bad: BadMap | None = None
-        #: True when a bad-sector rule exists: the request path then calls
-        #: ``stored(offset, length)`` after each successful store.
-        self.watches_stores = False
+        self._watches_stores = False
         self._suspended: list[_Suspension] = []  # most recent first, as QEMU's list
         self._trace: deque[tuple[Any, ...]] = deque(maxlen=trace_length)
         self._trace_append = self._trace.append
@@ -153,6 +187,7 @@ class Engine:
         self.recorders: tuple[Recorder, ...] = ()
         #: Seconds of injected delay requests have waited (the request path adds).
         self.injected_delay = 0.0
+        self._gates: dict[tuple[frozenset[str], int, bool], Gate] = {}
         self.add_rules(rules)
 
     # -- rules -------------------------------------------------------------
@@ -188,7 +223,7 @@ class Engine:
                 self._bad = BadMap.build(
                     [s for s in self._slots if isinstance(s.rule, BadSector) and not s.consumed]
                 )
-                self.watches_stores = True
+                self._watches_stores = True
                 self._publish(self.active)
             # Arming sets change with the rule set: fold the cached groups'
             # counts into the rules before dropping the groups.
@@ -197,6 +232,7 @@ class Engine:
                     for member in group.index.members:
                         member.armed_base += group.times
                 plan.groups.clear()
+            self._regate()
 
     def _publish(self, active: ActiveIndex | None) -> None:
         """Install a new active list and the matchers the hot path reads."""
@@ -207,6 +243,45 @@ class Engine:
             listed[READ] = either(matchers[READ], self._bad.touches)
             matchers = tuple(listed)
         self.matchers = matchers
+        self._regate()
+
+    @property
+    def watches_stores(self) -> bool:
+        """True when a bad-sector rule exists: the request path then calls
+        ``stored(offset, length)`` after each successful store."""
+        return self._watches_stores
+
+    @watches_stores.setter
+    def watches_stores(self, value: bool) -> None:
+        with self._lock:
+            self._watches_stores = value
+            self._regate()
+
+    def gate(self, op: GatedOperation) -> Gate:
+        """The fast path's gate for ``op`` (one per engine and operation; see ``Gate``)."""
+        key = (frozenset(op.events), op.iotype, op.stores)
+        with self._lock:
+            gate = self._gates.get(key)
+            if gate is None:
+                gate = self._gates[key] = Gate(op)
+                self._set_gate(gate)
+            return gate
+
+    def _set_gate(self, gate: Gate) -> None:
+        live = self._plans
+        if (live and not live.keys().isdisjoint(gate.events)) or (
+            gate.stores and self._watches_stores
+        ):
+            gate.check = always
+        else:
+            gate.check = self.matchers[gate.iotype]
+
+    def _regate(self) -> None:
+        """Recompute every gate: the live events, the matchers or the
+        store watch changed (called under the lock, before the change is
+        visible to the caller that made it)."""
+        for gate in self._gates.values():
+            self._set_gate(gate)
 
     @property
     def rules(self) -> list[RuleStatus]:
@@ -387,6 +462,7 @@ class Engine:
                     if self._bad is None:
                         self.active = group.index
                         self.matchers = group.index.matchers
+                        self._regate()
                     else:
                         self._publish(group.index)
             if plan.breakpoints:
@@ -399,6 +475,7 @@ class Engine:
                     self._suspended.insert(0, _Suspension(tag, hold))
                 if not plan:
                     del self._plans[event]
+                    self._regate()
                 self._cond.notify_all()
             if new_state != state:
                 self._state = new_state
@@ -493,6 +570,7 @@ class Engine:
         plan.injects.remove(slot)
         if not plan:
             del self._plans[slot.rule.event]
+            self._regate()
 
     # -- breakpoints ---------------------------------------------------------
 
@@ -505,6 +583,7 @@ class Engine:
             )
         with self._lock:
             self._plans.setdefault(event, EventPlan()).breakpoints.append(tag)
+            self._regate()
 
     def resume(self, tag: str) -> None:
         """Resume the most recently suspended request with ``tag``."""
@@ -532,6 +611,7 @@ class Engine:
                     found = True
                     if not plan:
                         del self._plans[event]
+            self._regate()
             count = sum(1 for entry in self._suspended if entry.tag == tag)
         for _ in range(count):
             self.resume(tag)
@@ -613,4 +693,5 @@ class Engine:
                 plan.breakpoints.clear()
                 if not plan:
                     del self._plans[event]
+            self._regate()
         return self.release(holds)

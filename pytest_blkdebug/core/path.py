@@ -535,17 +535,14 @@ def event(disk: Disk, name: str, operation: str | None = None) -> Request[None]:
 def quiet(engine: Engine, op: Operation, offset: int, length: int) -> bool:
     """Whether nothing can apply to this request: none of its events has a
     rule or breakpoint, no armed rule can match it, and (for stores) no
-    bad-sector rule watches stores. Then ``Disk.read``/``write`` do the host
-    I/O directly, which is the only shortcut past the generators; a write
-    still tells the recorders what it stored. (They inline this test; it is
+    bad-sector rule watches stores -- the engine's ``Gate`` for the
+    operation, which it keeps current as rules arm and events go live.
+    Then ``Disk.read``/``write`` do the host I/O directly, which is the
+    only shortcut past the generators; a write still tells the recorders
+    what it stored. (They inline this test, holding their gates; it is
     kept here as the one definition.)"""
-    live = engine.live_events
-    if live and not live.keys().isdisjoint(op.events):
-        return False
-    match = engine.matchers[op.iotype]
-    if match is not None and match(offset, length):
-        return False
-    return not (op.stores and engine.watches_stores)
+    check = engine.gate(op).check
+    return check is None or not check(offset, length)
 
 
 # -- the blocking driver -------------------------------------------------------------------
