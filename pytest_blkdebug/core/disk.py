@@ -258,8 +258,11 @@ class Disk:
                     image.pwrite(offset, data)  # a short write: write it all
             finally:
                 image.dirty_event = image.dirty_check = True
-            if self.engine.recorders:  # crash.py: what reached the image, as bytes
-                request_path.stored(self, request_path.WRITE, offset, length, bytes(data))
+            recorders = self.engine.recorders
+            if recorders:  # crash.py (path.stored, inlined): what reached the image
+                stored = data if type(data) is bytes else bytes(data)  # not the caller's buffer
+                for recorder in recorders:
+                    recorder.on_store(self, "write", offset, length, stored)
             return
         self._run(request_path.write(self, offset, data), on_hold)
 

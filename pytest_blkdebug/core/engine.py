@@ -96,13 +96,16 @@ class Gate:
     the full path, which finds nothing); never False when something does.
     """
 
-    __slots__ = ("events", "iotype", "stores", "check")
+    __slots__ = ("events", "iotype", "stores", "check", "pinned")
 
     def __init__(self, op: GatedOperation) -> None:
         self.events = frozenset(op.events)
         self.iotype = op.iotype
         self.stores = op.stores
         self.check: Matcher | None = None
+        #: An event of the operation is live or stores are watched: ``check``
+        #: is ``always`` whatever is armed.
+        self.pinned = False
 
 
 class _Suspension(NamedTuple):
@@ -269,12 +272,10 @@ class Engine:
 
     def _set_gate(self, gate: Gate) -> None:
         live = self._plans
-        if (live and not live.keys().isdisjoint(gate.events)) or (
+        gate.pinned = bool(live and not live.keys().isdisjoint(gate.events)) or (
             gate.stores and self._watches_stores
-        ):
-            gate.check = always
-        else:
-            gate.check = self.matchers[gate.iotype]
+        )
+        gate.check = always if gate.pinned else self.matchers[gate.iotype]
 
     def _regate(self) -> None:
         """Recompute every gate: the live events, the matchers or the
@@ -461,8 +462,10 @@ class Engine:
                     group.times += 1
                     if self._bad is None:
                         self.active = group.index
-                        self.matchers = group.index.matchers
-                        self._regate()
+                        self.matchers = matchers = group.index.matchers
+                        for gate in self._gates.values():  # _regate, for a new matcher only
+                            if not gate.pinned:
+                                gate.check = matchers[gate.iotype]
                     else:
                         self._publish(group.index)
             if plan.breakpoints:
