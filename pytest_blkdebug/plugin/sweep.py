@@ -21,8 +21,12 @@ the power is lost at the Nth request instead, and ``check`` sees each crash
 image that point can leave (``core/crash.py`` records, ``core/crashstates.py``
 builds the images), as Pebble's crash tests do. docs/sweeps.md has the guide.
 
-This module is a pytest plugin of its own (registered by the package's plugin
-module): its option, its fixture and its report hook.
+This module is the pytest half, a pytest plugin of its own (registered by
+the package's plugin module): its option, the fixture that runs the points
+(each a subtest, in its own directory) and its report hooks. The library
+half, which needs no pytest (the values ``check`` and ``run`` return, a
+point's rule and engine, the crash states it leaves, the failure message),
+is ``core/sweep.py``; its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -30,10 +34,9 @@ from __future__ import annotations
 import errno as errno_module
 import os
 import shutil
-import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +45,29 @@ import pytest
 
 from ..core.crash import Recording
 from ..core.crashstates import Crash
-from ..core.decision import Decision
 from ..core.disk import Disk, create_image
 from ..core.engine import Engine
-from ..core.errors import InjectedError, RuleError
+from ..core.errors import RuleError
 from ..core.events import IOTYPES, EventRegistry
-from ..core.rules import InjectError, errno_name
+from ..core.rules import InjectError
+from ..core.sweep import (
+    CRASH_STATES,
+    IMAGE,
+    MODES,
+    Body,
+    Check,
+    PointEngine,
+    Prep,
+    SweepOutcome,
+    SweepRequest,
+    SweepResult,
+    copy_tree,
+    crash_states,
+    describe,
+    empty,
+    failure_message,
+    make_rule,
+)
 from ..report import format_report
 from .split import split_part
 
@@ -68,8 +88,6 @@ SWEEP_HELP = (
     "run only point N of every blkdebug_sweep (the N a failure names), e.g. "
     "--blkdebug-sweep=3 with the failing test's node id"
 )
-#: The sweep's rule is called this in reports and in ``InjectedError.rule``.
-RULE_NAME = "sweep"
 #: A sweep that has not ended after this many points is stopped as a failure.
 MAX_POINTS = 100_000
 SECTION = "blkdebug sweep"
@@ -78,147 +96,9 @@ PROPERTY = "blkdebug.sweep"
 
 _POINT = pytest.StashKey["_Point | None"]()
 
-Body = Callable[[Disk], object]
-Prep = Callable[[Disk], object]
-Check = Callable[[Disk, "SweepOutcome"], object]
-#: ``mode=``: fail the Nth request, or lose power there.
-MODES = ("error", "crash")
-#: ``crash_states=``: which crash images of a point ``check`` sees.
-CRASH_STATES = ("edges", "all")
-#: The sweep's image, in each point's directory.
-IMAGE = "disk.img"
-
-
-# ---------------------------------------------------------------------------
-# Values: a point's request, its outcome, the whole sweep's result
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepRequest:
-    """The request a sweep point failed: ``operation`` is the iotype name
-    (``read``, ``write``, ``write-zeroes``, ``discard``, ``flush``)."""
-
-    operation: str
-    offset: int
-    length: int
-
-    def __str__(self) -> str:
-        if self.operation == "flush":
-            return "flush"
-        return f"{self.operation} of {self.length} bytes at offset {self.offset}"
-
-
-@dataclass
-class SweepOutcome:
-    """What happened at one point, as ``check(disk, outcome)`` sees it.
-
-    ``hit``: the rule failed a request (else N was never reached: this is the
-    run without a fault, the sweep's last). ``request``: the first request it
-    failed; ``failed`` all of them (more than one only with ``persist``).
-    ``error``: what ``body`` raised (None: it returned ``value``).
-    In crash mode, ``crash`` is the crash state whose image ``check`` has.
-    """
-
-    n: int
-    hit: bool
-    request: SweepRequest | None
-    failed: list[SweepRequest]
-    error: BaseException | None
-    value: object = None
-    #: Crash mode: the crash state ``check`` is looking at, and how many the point has.
-    crash: Crash | None = None
-    crashes: int = 0
-
-    @property
-    def raised(self) -> bool:
-        return self.error is not None
-
-    @property
-    def injected(self) -> InjectedError | None:
-        """The sweep's ``InjectedError`` if it reached the caller (directly or
-        as the cause or context of what ``body`` raised), else None."""
-        seen: set[int] = set()
-        exc = self.error
-        while exc is not None and id(exc) not in seen:
-            seen.add(id(exc))
-            if isinstance(exc, InjectedError) and exc.rule == RULE_NAME:
-                return exc
-            exc = exc.__cause__ or exc.__context__
-        return None
-
-
-@dataclass
-class SweepResult:
-    """What a sweep ran.
-
-    ``requests[n]``: the request point N failed, for each N that reached the
-    fault; ``points``: how many did (for a whole sweep, the workload's
-    matching requests); ``runs``: every N that ran, the last one being the
-    run that reached no fault; ``failures``: the N whose point failed.
-    """
-
-    requests: dict[int, SweepRequest] = field(default_factory=dict)
-    runs: list[int] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    #: Crash mode: how many crash images ``check`` saw.
-    images: int = 0
-
-    @property
-    def points(self) -> int:
-        return len(self.requests)
-
-    def line(self, what: str = "") -> str:
-        """One summary line: ``19 points (write, flush), 20 runs, 0 failed``."""
-        text = f"{self.points} points{f' ({what})' if what else ''}, {len(self.runs)} runs"
-        if self.images:
-            text += f", {self.images} crash images"
-        text += f", {len(self.failures)} failed"
-        if self.failures:
-            shown = ", ".join(f"N={n}" for n in self.failures[:10])
-            text += f" ({shown}{', ...' if len(self.failures) > 10 else ''})"
-        return text
-
 
 class SweepFailure(AssertionError):
     """A sweep point failed: the message names N, its request and the error."""
-
-
-# ---------------------------------------------------------------------------
-# The engine of one point: counts the rule's matching requests
-# ---------------------------------------------------------------------------
-
-
-class _PointEngine(Engine):
-    """The engine of one point: records the requests the sweep's rule
-    failed (its ``after=N-1`` lets the first N-1 through), and is disarmed
-    once ``body`` is over so that ``check`` sees no fault."""
-
-    def __init__(self, rule: InjectError | None, registry: EventRegistry, seed: int) -> None:
-        super().__init__([] if rule is None else [rule], registry=registry, seed=seed)
-        self.sweep_rule = rule
-        self._sweep_lock = threading.Lock()
-        self.failed: list[SweepRequest] = []
-        self.disarmed = False
-        #: Crash mode: the recording the fault stops (the power is lost there).
-        self.recording: Recording | None = None
-
-    def decide(self, iotype: int, offset: int, length: int) -> Decision | None:
-        if self.disarmed:
-            return None
-        decision = super().decide(iotype, offset, length)
-        if decision is not None and decision.rule == RULE_NAME and _effective(decision):
-            with self._sweep_lock:
-                if self.recording is not None:  # before the request stores anything
-                    self.recording.stop()
-                self.failed.append(SweepRequest(IOTYPES[iotype], offset, length))
-        return decision
-
-
-def _effective(decision: Decision) -> bool:
-    return bool(
-        decision.errno or decision.corrupt or decision.lost or decision.misdirect is not None
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -336,7 +216,7 @@ class Sweep:
                     f"blkdebug_sweep: {reserved!r} is the sweep's to set (it picks the Nth request)"
                 )
         registry = EventRegistry((*self.factory.plan.events, *events))
-        self._make_rule(rule, 1, persist)  # validate before any work
+        make_rule(rule, 1, persist)  # validate before any work
         registry.check(rule["event"])
         if seed is None:
             seed = self.factory.harness.seed or 0
@@ -370,7 +250,7 @@ class Sweep:
         if self._spare is not None:
             shutil.rmtree(self._spare, ignore_errors=True)
             self._spare = None
-        proto = self._make_rule(rule, 1, persist)
+        proto = make_rule(rule, 1, persist)
         what = ", ".join(t for t in IOTYPES if t in proto.iotype)
         if rule["event"] != "none":
             what += f" after {rule['event']}"
@@ -391,13 +271,13 @@ class Sweep:
         if self._spare is not None:  # the last passing point's directory, emptied
             os.rename(self._spare, where)
             self._spare = None
-            _empty(where)
+            empty(where)
         else:
             where.mkdir()
-        _copy_tree(spec.template, where)
+        copy_tree(spec.template, where)
         no_rules = self.factory.session.settings.no_rules  # --blkdebug-no-rules: no fault
-        engine = _PointEngine(
-            None if no_rules else self._make_rule(spec.rule, n, spec.persist),
+        engine = PointEngine(
+            None if no_rules else make_rule(spec.rule, n, spec.persist),
             EventRegistry(spec.registry.custom),
             spec.seed,
         )
@@ -428,8 +308,7 @@ class Sweep:
                 outcome = SweepOutcome(n, reached, request, list(engine.failed), error, value)
                 if not reached and error is not None:
                     raise SweepFailure(
-                        f"N={n} (not reached: no fault was injected): body raised "
-                        f"{_describe(error)}"
+                        f"N={n} (not reached: no fault was injected): body raised {describe(error)}"
                     ) from error
                 if recording is not None and reached:
                     self._check_crashes(
@@ -461,7 +340,7 @@ class Sweep:
         try:
             check(disk, outcome)
         except Exception as exc:
-            raise SweepFailure(_failure_message(n, outcome, rule, exc)) from exc
+            raise SweepFailure(failure_message(n, outcome, rule, exc)) from exc
 
     def _check_crashes(
         self,
@@ -475,14 +354,7 @@ class Sweep:
     ) -> None:
         """Check each crash image the power loss at point N can leave."""
         __tracebackhide__ = True
-        crashes = recording.crashes(seed=spec.seed)
-        # The power went at the end of the recording: the last epoch's states
-        # (some are listed under an earlier id that leaves the same images).
-        last = f"e{crashes.epochs - 1}-"
-        states = [c for c in crashes if any(i.startswith(last) for i in (c.id, *c.same_as))]
-        if spec.crash_states == "edges":
-            edges = {f"{last}none", f"{last}all"}
-            states = [c for c in states if edges & {c.id, *c.same_as}]
+        states = crash_states(recording, spec.seed, spec.crash_states)
         outcome.crashes = len(states)
         result.images += len(states)
         for crash in states:
@@ -517,20 +389,6 @@ class Sweep:
         except Exception as exc:
             self._collected.append(exc)
 
-    def _make_rule(self, rule: dict[str, Any], n: int, persist: bool) -> InjectError:
-        attrs = dict(rule, name=RULE_NAME, after=n - 1)
-        if not persist:
-            attrs["count"] = 1
-        try:
-            return InjectError(**attrs)
-        except TypeError as exc:
-            allowed = ", ".join(
-                f for f in InjectError.__dataclass_fields__ if f not in ("name", "after", "count")
-            )
-            raise RuleError(
-                f"blkdebug_sweep: {exc} (rule attributes: {allowed}, persist)"
-            ) from None
-
     def _schedule(self) -> Iterator[int]:
         if self.only is not None:  # in a split test, only the item that has N runs it
             if self.part is None or (self.only - 1) % self.part[1] == self.part[0]:
@@ -549,61 +407,6 @@ class Sweep:
         if plan.template is not None:
             return os.path.getsize(plan.template)
         return int(self.factory.session.settings.image_size)
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy the template directory into ``dst`` (which exists): sparse or
-    reflinked files."""
-    for entry in os.scandir(src):
-        target = dst / entry.name
-        if entry.is_dir(follow_symlinks=False):
-            target.mkdir()
-            _copy_tree(Path(entry.path), target)
-        elif entry.is_file(follow_symlinks=False):
-            create_image(target, entry.stat().st_size, entry.path)
-
-
-def _empty(folder: Path) -> None:
-    """Remove what a point left in its directory."""
-    for entry in os.scandir(folder):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            os.unlink(entry.path)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _fault(rule: InjectError) -> str:
-    """What the rule does to a request: ``EIO``, ``corrupt=bitflip``, ``lost``..."""
-    lie = getattr(rule, "lie", None)
-    if lie == "lost":
-        return "lost"
-    if lie is not None:
-        return f"{lie}={getattr(rule, lie)}"
-    return errno_name(rule.errno)
-
-
-def _failure_message(
-    n: int, outcome: SweepOutcome, rule: InjectError | None, exc: BaseException
-) -> str:
-    if outcome.request is None or rule is None:
-        where = "not reached (no fault was injected)"
-    elif outcome.crash is not None:
-        where = f"power lost at {outcome.request}, crash state {outcome.crash.id}"
-    else:
-        more = f" and {len(outcome.failed) - 1} more" if len(outcome.failed) > 1 else ""
-        where = f"{_fault(rule)} injected into {outcome.request}{more}"
-    if outcome.error is None:
-        raised = "body returned"
-    elif outcome.error is outcome.injected:
-        raised = "body raised it"
-    else:
-        raised = f"body raised {_describe(outcome.error)}"
-    return f"N={n}: {where}; {raised}; check failed: {_describe(exc)}"
 
 
 # ---------------------------------------------------------------------------
