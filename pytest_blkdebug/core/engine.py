@@ -1,4 +1,4 @@
-"""The injection engine: state, arming, request checks, counters, breakpoints.
+"""The injection engine: rules, state, arming, request checks, counters, gates.
 
 Pure logic, no I/O and no pytest, shared by every ``Disk`` view of one image
 (sync, asyncio, file, NBD) and by several disks when a test asks for that. It
@@ -21,17 +21,20 @@ each rule's randomness comes from its own stream, seeded from
 other traffic. Bad-sector rules (``badsectors.py``) sit below the active
 list, like the device below blkdebug: reads that touch one fail until a
 store, reported through ``stored()``, heals it.
+
+Breakpoints (pending ones, the requests they suspend, observers, the disks
+attached) are ``breakpoints.py``, a base class of ``Engine`` that shares
+its lock and event plans; the status values are ``status.py``.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .active import (
     NO_MATCHERS,
@@ -45,12 +48,13 @@ from .active import (
     holding,
 )
 from .badsectors import BadMap
+from .breakpoints import Breakpoints, Observer, Suspension
 from .decision import Decision
-from .errors import BreakpointError, BreakpointTimeout, RuleError
+from .errors import RuleError
 from .events import READ, EventRegistry
 from .hold import Hold
-from .rules import BadSector, Breakpoint, InjectError, Rule, SetState, rule_name
-from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry, wait_message
+from .rules import BadSector, InjectError, Rule, SetState, rule_name
+from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry
 
 __all__ = [
     "Engine",
@@ -108,15 +112,6 @@ class Gate:
         self.pinned = False
 
 
-class _Suspension(NamedTuple):
-    tag: str
-    hold: Hold
-
-
-Observer = Callable[[str, object], None]
-"""``observer(what, detail)``: what is "hit", "suspend" or "resume"."""
-
-
 class Recorder(Protocol):
     """What the request path tells a recorder (``engine.recorders``; a crash
     ``Recording`` is one): what really reached the image, and each flush's
@@ -133,7 +128,7 @@ class Recorder(Protocol):
     def on_file_op(self, kind: str, path: str, details: dict[str, Any]) -> None: ...
 
 
-class Engine:
+class Engine(Breakpoints):
     """State machine and rule tables for one or more disks.
 
     Thread-safe: all mutation happens under one lock; the lock-free fast
@@ -179,7 +174,7 @@ class Engine:
         #: Sectors of bad-sector rules not yet healed (None: none). Replaced, never mutated.
         self._bad: BadMap | None = None
         self._watches_stores = False
-        self._suspended: list[_Suspension] = []  # most recent first, as QEMU's list
+        self._suspended: list[Suspension] = []  # most recent first, as QEMU's list
         self._trace: deque[tuple[Any, ...]] = deque(maxlen=trace_length)
         self._trace_append = self._trace.append
         self._observers: tuple[Observer, ...] = ()
@@ -407,19 +402,6 @@ class Engine:
         every request more than the check itself."""
         return [trace_entry(raw) for raw in list(self._trace)]
 
-    def add_observer(self, observer: Observer) -> None:
-        """Call ``observer(what, detail)`` on every hit, suspension and resume."""
-        # A tuple replaced whole, so notifying threads never see it mid-change.
-        self._observers = (*self._observers, observer)
-
-    def remove_observer(self, observer: Observer) -> None:
-        """Stop calling ``observer`` (unknown observers are ignored)."""
-        self._observers = tuple(o for o in self._observers if o is not observer)
-
-    def _notify(self, what: str, detail: object) -> None:
-        for observer in self._observers:
-            observer(what, detail)
-
     # -- event phase ---------------------------------------------------------
 
     def fire(self, event: str, operation: str = "event") -> Hold | None:
@@ -475,7 +457,7 @@ class Engine:
                 plan.breakpoints.clear()
                 hold = Hold(event, tags, operation)
                 for tag in tags:
-                    self._suspended.insert(0, _Suspension(tag, hold))
+                    self._suspended.insert(0, Suspension(tag, hold))
                 if not plan:
                     del self._plans[event]
                     self._regate()
@@ -575,98 +557,7 @@ class Engine:
             del self._plans[slot.rule.event]
             self._regate()
 
-    # -- breakpoints ---------------------------------------------------------
-
-    def break_on(self, event: str, tag: str) -> None:
-        """Add a one-shot breakpoint (unknown event: BreakpointError, as qemu-io)."""
-        Breakpoint(event, tag)  # validates the tag
-        if event not in self.registry:
-            raise BreakpointError(
-                f"Could not set breakpoint: No such file or directory (unknown event {event!r})"
-            )
-        with self._lock:
-            self._plans.setdefault(event, EventPlan()).breakpoints.append(tag)
-            self._regate()
-
-    def resume(self, tag: str) -> None:
-        """Resume the most recently suspended request with ``tag``."""
-        with self._lock:
-            for i, entry in enumerate(self._suspended):
-                if entry.tag == tag:
-                    del self._suspended[i]
-                    break
-            else:
-                raise BreakpointError(
-                    f"Could not resume request: No such file or directory (no request "
-                    f"suspended under tag {tag!r})"
-                )
-        self._notify("resume", tag)
-        entry.hold._advance()
-
-    def remove_break(self, tag: str) -> None:
-        """Drop every pending breakpoint with ``tag`` and resume every request
-        suspended under it; error only if there was neither."""
-        found = False
-        with self._lock:
-            for event, plan in list(self._plans.items()):
-                if tag in plan.breakpoints:
-                    plan.breakpoints[:] = [t for t in plan.breakpoints if t != tag]
-                    found = True
-                    if not plan:
-                        del self._plans[event]
-            self._regate()
-            count = sum(1 for entry in self._suspended if entry.tag == tag)
-        for _ in range(count):
-            self.resume(tag)
-        if not found and not count:
-            raise BreakpointError(f"Could not remove breakpoint {tag}: No such file or directory")
-
-    def is_suspended(self, tag: str) -> bool:
-        return any(entry.tag == tag for entry in self._suspended)
-
-    @property
-    def suspended(self) -> list[tuple[str, Hold]]:
-        """(tag, hold) for every suspended request entry, most recent first."""
-        with self._lock:
-            return [(e.tag, e.hold) for e in self._suspended]
-
-    @property
-    def pending_breakpoints(self) -> list[tuple[str, str]]:
-        """(event, tag) for every breakpoint not yet hit."""
-        with self._lock:
-            return [(event, tag) for event, plan in self._plans.items() for tag in plan.breakpoints]
-
-    def wait_break(self, tag: str, timeout: float) -> None:
-        """Block until a request is suspended under ``tag``; BreakpointTimeout
-        (naming the tag, the recent events and requests, and whether the
-        breakpoint is still pending) after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while not self.is_suspended(tag):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            else:
-                return
-        raise BreakpointTimeout(wait_message(self, tag, timeout))
-
-    def abandon(self, hold: Hold) -> None:
-        """Forget a hold whose waiter gave up (timeout, cancellation)."""
-        with self._lock:
-            self._suspended = [e for e in self._suspended if e.hold is not hold]
-
-    def release(self, holds: Iterable[Hold]) -> list[tuple[str, Hold]]:
-        """Resume the given held requests (a closing disk's own), whatever
-        their tags; returns the (tag, hold) entries it resumed."""
-        wanted = set(holds)
-        with self._lock:
-            entries = [e for e in self._suspended if e.hold in wanted]
-            self._suspended = [e for e in self._suspended if e.hold not in wanted]
-        for entry in entries:
-            self._notify("resume", entry.tag)
-            entry.hold._advance()
-        return [(e.tag, e.hold) for e in entries]
+    # -- recorders -----------------------------------------------------------
 
     def record(self, **kwargs: Any) -> Recording:
         """A ``Recording`` of every disk on this engine (``with engine.record() as run``)."""
@@ -678,23 +569,3 @@ class Engine:
         """An adapter's file operation (create, truncate, delete, dirsync) for the recorders."""
         for recorder in self.recorders:
             recorder.on_file_op(kind, path, details)
-
-    def attach(self) -> None:
-        """A disk starts using this engine."""
-        with self._lock:
-            self._users += 1
-
-    def detach(self) -> list[tuple[str, Hold]]:
-        """A disk stops using this engine. When the last one goes, resume
-        everything still suspended and drop the pending breakpoints."""
-        with self._lock:
-            self._users -= 1
-            if self._users > 0:
-                return []
-            holds = [e.hold for e in self._suspended]
-            for event, plan in list(self._plans.items()):
-                plan.breakpoints.clear()
-                if not plan:
-                    del self._plans[event]
-            self._regate()
-        return self.release(holds)

@@ -132,22 +132,3 @@ def trace_entry(raw: tuple[Any, ...]) -> TraceEntry:
         return TraceEntry("event", raw[1], 0, 0, None, 0, raw[2])
     iotype, offset, length, rule, err, state = raw
     return TraceEntry(IOTYPES[iotype], IOTYPES[iotype], offset, length, rule, err, state)
-
-
-def wait_message(engine: Engine, tag: str, timeout: float) -> str:
-    """What a ``wait_break`` timeout says: the tag, whether its breakpoint is
-    pending, what else is suspended, and the recent events and requests."""
-    recent = [raw[1] if raw[0] == "event" else IOTYPES[raw[0]] for raw in list(engine._trace)]
-    pending = [f"{t} on {e}" for e, t in engine.pending_breakpoints if t == tag]
-    where = (
-        f"pending breakpoint: {', '.join(pending)}"
-        if pending
-        else "no breakpoint with that tag is pending"
-    )
-    seen = ", ".join(recent[-20:]) if recent else "none"
-    held = [f"{t!r} ({h.operation} at {h.event})" for t, h in engine.suspended]
-    others = f"; suspended now: {', '.join(held)}" if held else ""
-    return (
-        f"no request was suspended under tag {tag!r} within {timeout:g} s "
-        f"({where}{others}; recent events and requests: {seen})"
-    )
