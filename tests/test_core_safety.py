@@ -1,6 +1,8 @@
 """Attacks on the core's data safety (issue 12): huge reads, close under
 load, a template that is the image itself, bad numbers, read-only and closed
-disks, and breakpoints nobody can resume. Each test failed before its fix."""
+disks, and breakpoints nobody can resume. Each test failed before its fix.
+
+Part of the hostile suite: tests/test_hostile.py indexes every attack."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ time must not keep its connection slot past ``handshake_timeout`` (a deadline
 for the whole negotiation, not for each receive), and a flood of such
 clients must not keep a well-behaved client out: when every slot is taken,
 the client that has been negotiating longest gives way to the newcomer.
+
+Part of the hostile suite: tests/test_hostile.py indexes every attack.
 """
 
 from __future__ import annotations

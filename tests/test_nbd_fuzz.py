@@ -15,6 +15,8 @@ it names; a read returns exactly what the model of the image holds; and the
 image changes only through requests the server acknowledged, which the test
 replays on its model, so a rejected request that touched the image shows up
 as a difference.
+
+Part of the hostile suite: tests/test_hostile.py indexes every attack.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The plugin under hostile or careless use (issue 12 items in the plugin),
 the seed plumbing (issue 11) and the structured counters (issue 9): each
-test here failed before its fix."""
+test here failed before its fix.
+
+Part of the hostile suite: tests/test_hostile.py indexes every attack."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ The scaling tests use sizes where the old quadratic code took seconds to
 minutes and the linear code takes a fraction of a second; their time bounds
 are generous (a loaded 2-core machine passes them) yet far below the old
 figures (BENCHMARKS.md has both).
+
+Part of the hostile suite: tests/test_hostile.py indexes every attack.
 """
 
 from __future__ import annotations

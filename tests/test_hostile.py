@@ -1,0 +1,181 @@
+"""The hostile suite: the attacks of issue 12, and where each one lives.
+
+Every attack a careless or malicious user (or client) can make is a test.
+Most live next to the code they attack; this module indexes them and holds
+the attacks not covered elsewhere.
+
+Special files (a FIFO, a link to ``/dev/zero``, a sparse 16 MiB+ rule file):
+  tests/test_rules_hardening.py: test_fifo_is_refused_not_waited_on,
+  test_device_link_is_refused, test_huge_file_is_refused,
+  test_the_command_line_tools_refuse_a_fifo_rule_file (blkdebug-io, blkdebug-nbd);
+  tests/test_plugin_hardening.py: test_rule_file_that_is_a_fifo_is_not_a_regular_file.
+  A template that is the image itself (same path, symlink, hard link):
+  tests/test_core_safety.py: test_create_refuses_a_template_that_is_the_image_itself.
+
+Huge and NaN values:
+  reads past Linux's 2 GiB per-call limit, short host reads:
+  tests/test_core_safety.py (item 1);
+  float, bool, string and >= 2**63 offsets and lengths:
+  tests/test_core_safety.py::test_bad_numbers_fail_before_any_event;
+  nan/inf/0/negative/1e300 timeouts: tests/test_core_safety.py::test_bad_timeouts_*,
+  tests/test_plugin_hardening.py::test_non_finite_timeout_* (options, markers),
+  tests/test_cli.py (``--wait-timeout nan``), tests/test_hostile_nbd.py
+  (``handshake_timeout=nan``, ``max_connections=0``);
+  nan/inf rule attributes in Python: tests/test_rule_extensions.py::test_rule_errors_name_the_attribute;
+  TOML integers of 5,000 digits: tests/test_rules_hardening.py;
+  here: image sizes >= 2**63, nan/inf literals in TOML rule files.
+
+Quadratic inputs (20,000 rules, events, armed rules):
+  tests/test_rules_hardening.py (items 9, 10, 11).
+
+Slow and flooding NBD clients, wildcard addresses: tests/test_hostile_nbd.py;
+malformed NBD streams (Hypothesis): tests/test_nbd_fuzz.py;
+disconnects mid-request: tests/test_nbd.py::test_disconnect_mid_request_and_while_held.
+
+Close under load:
+  threads writing through ``Disk`` while it closes, a request held at a
+  breakpoint when it closes: tests/test_core_safety.py (items 2 and 4);
+  an export closed with held requests: tests/test_nbd.py::test_close_disconnects_*;
+  here: writers through ``disk.aio``, and an NBD export closed while its
+  clients write.
+
+Read-only and closed disks: tests/test_core_safety.py (items 13, 14).
+Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
+(test_interrupt_with_a_suspended_request_prints_no_traceback) and
+tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from nbd_client import NBDClient
+
+import pytest_blkdebug as bd
+from pytest_blkdebug.core.errors import RuleFileError
+from pytest_blkdebug.nbd import protocol as P
+from pytest_blkdebug.rulefiles import loads_toml
+
+# -- huge and NaN values -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [2**63, 2**70, "8388608T"])
+def test_an_image_size_past_the_largest_file_is_refused_before_any_file(
+    tmp_path: Path, size: object
+) -> None:
+    """Was a bare OverflowError from the host, after the file was created."""
+    path = tmp_path / "huge.img"
+    with pytest.raises(ValueError, match="larger than 2\\*\\*63 - 1 bytes"):
+        bd.Disk.create(path, size)  # type: ignore[arg-type]
+    assert not path.exists()
+    with pytest.raises(ValueError, match="size"):
+        bd.parse_size(size)  # type: ignore[arg-type]
+    assert bd.parse_size(2**63 - 1) == 2**63 - 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e309"])
+@pytest.mark.parametrize("key", ["delay", "delay_jitter", "probability"])
+def test_toml_nan_and_inf_literals_are_refused_naming_the_file(key: str, value: str) -> None:
+    """TOML spells nan and inf as literals; a rule file cannot smuggle them in."""
+    text = f'[[inject-error]]\nevent = "read_aio"\ndelay = 0.1\n{key} = {value}\n'
+    if key == "delay":
+        text = text.replace("delay = 0.1\n", "")
+    with pytest.raises(RuleFileError) as info:
+        loads_toml(text, path="hostile.toml")
+    assert info.value.path == "hostile.toml"
+    assert f"{key} must be a finite number" in str(info.value)
+
+
+# -- close under load ---------------------------------------------------------------------
+
+
+def _close_under_load(tmp_path: Path, writer_for: object, rounds: int) -> int:
+    """Rounds of: 4 threads writing 0xaa, close, open another file (which
+    likely takes the descriptor number the disk had). Returns the leaks."""
+    leaks = 0
+    for round_ in range(rounds):
+        disk = bd.Disk.create(tmp_path / "a.img", 1 << 16)
+        stop = threading.Event()
+        started = threading.Barrier(5)
+        threads = [
+            threading.Thread(target=writer_for, args=(disk, stop, started))  # type: ignore[arg-type]
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        started.wait(10)
+        disk.close()
+        other = tmp_path / f"b{round_}.img"
+        fd = os.open(other, os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(fd, 1 << 16)
+        time.sleep(0.001)  # let the writers run after the number was reused
+        stop.set()
+        for t in threads:
+            t.join(10)
+        os.close(fd)
+        assert not any(t.is_alive() for t in threads)
+        if b"\xaa" in other.read_bytes():
+            leaks += 1
+    return leaks
+
+
+def _aio_writer(disk: bd.Disk, stop: threading.Event, started: threading.Barrier) -> None:
+    async def run() -> None:
+        started.wait(10)
+        while not stop.is_set():
+            await disk.aio.write(0, b"\xaa" * 4096)
+
+    try:
+        asyncio.run(run())
+    except (OSError, ValueError):
+        return
+
+
+def test_close_under_load_through_aio_never_writes_into_the_next_file(tmp_path: Path) -> None:
+    """With Image.close freeing the number at once, 7-10 rounds of 30 leaked."""
+    assert _close_under_load(tmp_path, _aio_writer, rounds=30) == 0
+
+
+def test_an_nbd_export_closed_while_its_clients_write_ends_cleanly(tmp_path: Path) -> None:
+    """Four clients write flat out; the export closes under them: every
+    client sees its connection end, no server thread is left, and the disk
+    itself still works and closes."""
+    disk = bd.Disk.create(tmp_path / "img.raw", 1 << 20)
+    before = set(threading.enumerate())
+    export = disk.serve_nbd()
+    assert export.socket is not None
+    errors: list[BaseException] = []
+    acked = threading.Event()
+
+    def client() -> None:
+        try:
+            with NBDClient(export.socket, timeout=10.0) as c:
+                while True:
+                    c.write(0, b"\xaa" * 4096)
+                    acked.set()
+        except (OSError, P.ProtocolError, EOFError, ConnectionError):
+            return  # the server went away: the expected end
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for t in clients:
+        t.start()
+    assert acked.wait(10), "no write was acknowledged"
+    export.close()
+    for t in clients:
+        t.join(15)
+    assert not any(t.is_alive() for t in clients), "a client hangs after close"
+    assert errors == []
+    deadline = time.monotonic() + 10
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert set(threading.enumerate()) - before == set(), "server threads left running"
+    disk.write(4096, b"after")
+    assert disk.read(4096, 5) == b"after"
+    disk.close()
