@@ -1,5 +1,6 @@
 """A newcomer's first hour (issue 12): the README's commands work on a fresh
-machine, and what docs/api.md promises about ``disk.fileobj()`` holds.
+machine, what docs/api.md promises about ``disk.fileobj()`` holds, and
+docs/events.md and docs/rule-files.md quote the unknown-event errors as printed.
 
 Item 18: Debian 12 and Ubuntu 24.04 refuse ``pip install`` into the system
 Python (PEP 668), so each README command makes a virtual environment and runs
@@ -100,3 +101,40 @@ def test_fileobj_has_no_descriptor_and_its_sync_is_the_disks_flush(tmp_path: Pat
     page = (ROOT / "docs" / "api.md").read_text()
     section = page.split("## `DiskFile`", 1)[1].split("\n## ", 1)[0]
     assert "os.fsync(f.fileno())" in section and "f.sync()" in section
+
+
+# -- item 29: events.md and rule-files.md agree on unknown events ---------------------
+
+
+def quoted(page: str, word: str) -> list[str]:
+    """The error messages quoted in `code spans` of docs/PAGE's prose that
+    mention WORD (lines joined)."""
+    prose = re.sub(r"```.*?```", "", (ROOT / "docs" / page).read_text(), flags=re.DOTALL)
+    text = " ".join(prose.split())
+    spans = re.findall(r"`([^`]+)`", text)
+    return [s for s in spans if word in s and ("unknown event" in s or "invalid param" in s)]
+
+
+def test_events_and_rule_files_pages_quote_what_an_unknown_event_really_gives() -> None:
+    from pytest_blkdebug.rulefiles import loads_ini, loads_toml
+
+    outputs = []
+    for load, text, path in [
+        (loads_toml, '[[inject-error]]\nevent = "wirte_aio"\n', "rules/a.toml"),
+        (loads_ini, '[inject-error]\nevent = "wirte_aio"\n', "rules.ini"),
+    ]:
+        with pytest.raises(bd.RuleFileError) as info:
+            load(text, path=path)
+        outputs += [str(info.value), str(info.value.hint)]
+    with pytest.raises(bd.RuleError) as error:
+        bd.Engine([bd.InjectError("wirte_aio")])
+    outputs.append(str(error.value))
+    ini_text = "invalid parameter value: wirte_aio"  # QEMU's own
+    for page in ("events.md", "rule-files.md"):
+        spans = quoted(page, "wirte_aio")
+        assert spans, f"docs/{page} quotes no unknown-event error"
+        wrong = [s for s in spans if not any(s in out for out in outputs)]
+        assert wrong == [], f"docs/{page} quotes errors nothing prints: {wrong}"
+        assert any("did you mean 'write_aio'" in s for s in spans), page
+    assert any(ini_text in s for s in quoted("events.md", "wirte_aio"))
+    assert ini_text in (ROOT / "docs" / "rule-files.md").read_text()
