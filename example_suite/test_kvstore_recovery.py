@@ -39,26 +39,6 @@ WORKLOAD: list[tuple[str, dict[str, str | None] | None]] = [
 ]
 
 
-def run(store: KVStore, model: dict[str, str]) -> InjectedError | None:
-    """Run the workload; ``model`` follows every step that succeeded.
-    Returns the injected error that stopped it (None if nothing failed)."""
-    for kind, changes in WORKLOAD:
-        try:
-            if kind == "commit":
-                assert changes is not None
-                store.commit(changes)
-                for key, value in changes.items():
-                    if value is None:
-                        model.pop(key, None)
-                    else:
-                        model[key] = value
-            else:
-                store.checkpoint()
-        except InjectedError as exc:
-            return exc
-    return None
-
-
 # Proves, for each of the store's events: a failure there is reported to the
 # caller, the store refuses further writes until it is reopened, and recovery
 # yields exactly the transactions that had committed.
@@ -70,9 +50,8 @@ def run(store: KVStore, model: dict[str, str]) -> InjectedError | None:
     ],
 )
 def test_failure_at_each_event(kv: KVStore, blkdebug_disk: Disk, event: str) -> None:
-    model = dict(SETUP)
-    error = run(kv, model)
-    assert error is not None and error.rule == "crash"
+    model, _, error = workload(kv)
+    assert isinstance(error, InjectedError) and error.rule == "crash"
     assert blkdebug_disk.rule("crash").hits == 1
     with pytest.raises(StoreFailed):
         kv.commit({"after": "failure"})
@@ -89,11 +68,7 @@ def workload(store: KVStore) -> tuple[dict[str, str], dict[str, str | None], OSE
             if kind == "commit":
                 assert changes is not None
                 store.commit(changes)
-                for key, value in changes.items():
-                    if value is None:
-                        model.pop(key, None)
-                    else:
-                        model[key] = value
+                model = applied(model, changes)
             else:
                 store.checkpoint()
         except OSError as exc:
@@ -222,8 +197,7 @@ def test_failed_superblock_switch(kv: KVStore, blkdebug_disk: Disk) -> None:
 # ENOSPC and recovery returns the setup's data.
 @pytest.mark.blkdebug_rules("rules/full-disk.ini")
 def test_full_disk(kv: KVStore, blkdebug_disk: Disk) -> None:
-    model = dict(SETUP)
-    error = run(kv, model)
+    model, _, error = workload(kv)
     assert error is not None and error.strerror == "No space left on device"
     assert model == SETUP
     assert KVStore.open(blkdebug_disk).snapshot() == SETUP
