@@ -90,7 +90,7 @@ def test_fileobj_has_no_descriptor_and_its_sync_is_the_disks_flush(tmp_path: Pat
     with bd.Disk.create(tmp_path / "img", 4096, rules=[rule]) as disk:
         f = disk.fileobj()
         f.write(b"hello")
-        with pytest.raises(io.UnsupportedOperation):
+        with pytest.raises(io.UnsupportedOperation, match=r"call its sync\(\)"):
             os.fsync(f.fileno())
         assert disk.dirty
         with pytest.raises(OSError):

@@ -183,3 +183,37 @@ def test_the_checker_finds_lazy_relative_and_type_only_imports(tmp_path: Path) -
     assert found == {"plugin.hookspecs", "plugin.options", "core"}
     runtime = imports_of(pkg / "core" / "disk.py", pkg, runtime_only=True)
     assert runtime == {"plugin.options", "core"}
+
+
+#: The front ends that must build engines and open disks through ``harness``
+#: (issue 9: the bookkeeping of engines, rules and events written once). The
+#: sweep plugin is not among them: each sweep point makes its own counting
+#: engine on purpose (plugin/sweep.py).
+FRONT_ENDS = ("qemuio", "nbd/cli.py", "adapters")
+ASSEMBLY_CALLS = {"Engine", "load_rules", "loads_ini", "loads_toml"}
+
+
+def assembly_calls(path: Path) -> list[str]:
+    """``Engine(...)``, ``load_rules(...)`` and friends called in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name in ASSEMBLY_CALLS:
+                found.append(f"{path.name}:{node.lineno}: {name}(...)")
+    return found
+
+
+def test_front_ends_assemble_engines_through_the_harness(tmp_path: Path) -> None:
+    paths: list[Path] = []
+    for entry in FRONT_ENDS:
+        target = ROOT / entry
+        paths += sorted(target.rglob("*.py")) if target.is_dir() else [target]
+    assert len(paths) > 3
+    offenders = [line for path in paths for line in assembly_calls(path)]
+    assert offenders == [], "build engines with harness.Harness:\n" + "\n".join(offenders)
+    # The check sees a direct construction, by name or through a module.
+    sample = tmp_path / "sample.py"
+    sample.write_text("from x import Engine, rulefiles\ne = Engine()\nrulefiles.load_rules('a')\n")
+    assert assembly_calls(sample) == ["sample.py:2: Engine(...)", "sample.py:3: load_rules(...)"]

@@ -483,6 +483,16 @@ class DiskFile(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+    def fileno(self) -> int:
+        """There is none: a descriptor would take I/O around the engine."""
+        raise io.UnsupportedOperation(
+            "a DiskFile has no descriptor of its own (an fsync or a read through "
+            "one would go around the engine): call its sync() for the disk's "
+            "flush; disk.fileno() is the image itself, behind the engine"
+        )
+
     def sync(self) -> None:
+        """The disk's flush, with its events and check (what ``os.fsync``
+        is for a real file)."""
         __tracebackhide__ = True
         self._disk.flush()

@@ -36,9 +36,8 @@ from typing import NoReturn, TextIO
 from ..core.disk import DEFAULT_WAIT_TIMEOUT, Disk
 from ..core.errors import RuleError
 from ..core.events import EventRegistry
-from ..core.rules import Rule
+from ..harness import Harness
 from ..report import format_report
-from ..rulefiles import load_rules
 from .commands import PROG
 from .session import Session
 
@@ -144,26 +143,33 @@ def split_filename(filename: str) -> tuple[str | None, str]:
     return config, image
 
 
-def open_disk(filename: str, err: TextIO, events: Iterable[str] = ()) -> tuple[Disk, bool]:
+def open_disk(
+    filename: str, err: TextIO, events: Iterable[str] = (), harness: Harness | None = None
+) -> tuple[Disk, bool]:
     """Open FILENAME as qemu-io would; returns (disk, over_blkdebug).
 
     ``events`` are custom event names registered before the rule file is
     read: an ini file (which cannot declare events) may then use them, and
-    ``break`` may stop on them.
+    ``break`` may stop on them. The engine and the disk come from
+    ``harness`` (the bookkeeping every front end shares; a new one if None),
+    whose ``close()`` then closes the disk.
     """
     config, image = split_filename(filename)
-    rules: list[Rule] = []
-    registry = EventRegistry(events)
-    if config:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rules = load_rules(config, registry=registry)
-        for w in caught:
-            print(f"{PROG}: warning: {w.message}", file=err)
+    if harness is None:
+        # No hold timeout that matters: blkdebug-io never blocks on a hold
+        # (loop.py); where qemu-io would wait forever it stops with an error.
+        harness = Harness(events=events, hold_timeout=10.0**7)
+    else:
+        harness.events = (*harness.events, *events)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = harness.engine(config or ())
+    for w in caught:
+        print(f"{PROG}: warning: {w.message}", file=err)
     if not image:
         raise OpenError("The 'file' block driver requires a file name")
     try:
-        disk = Disk.open(image, rules=rules, events=registry.custom, hold_timeout=10.0**7)
+        disk = harness.open(image, engine=engine)
     except OSError as exc:
         raise OpenError(
             f"Could not open '{image}': {os.strerror(exc.errno) if exc.errno else exc}"
@@ -240,8 +246,9 @@ def main(
     except RuleError as exc:
         print(f"{PROG}: --events: {exc}", file=err)
         return 1
+    harness = Harness(events=events, hold_timeout=10.0**7)  # see open_disk
     try:
-        disk, over_blkdebug = open_disk(args.filename, err, events)
+        disk, over_blkdebug = open_disk(args.filename, err, harness=harness)
     except (OpenError, RuleError) as exc:
         print(f"{PROG}: can't open device {args.filename}: {exc}", file=err)
         return 1
@@ -258,6 +265,6 @@ def main(
         if args.report:
             out.write(format_report(disk) + "\n")
     finally:
-        disk.close()
+        harness.close()
     out.flush()
     return status
