@@ -350,3 +350,53 @@ def test_injected_error_tracebacks_hide_the_package_frames(tmp_path, call):
     assert all(f.f_locals.get("__tracebackhide__") for f in ours), [
         f.f_code.co_name for f in ours if not f.f_locals.get("__tracebackhide__")
     ]
+
+
+# -- a write that lands while a flush runs -----------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["disk", "aio"])
+def test_a_write_during_a_flush_keeps_the_disk_dirty(tmp_path, monkeypatch, via):
+    """The flush cleans the disk before its host sync, not after: a write
+    that lands during the sync (another thread, another NBD connection) is
+    not covered by it, so the next flush must still do flush_to_disk and
+    its check (found by attacking the request path; it used to clean after)."""
+    with bd.Disk.create(tmp_path / "img", 8192, durable=True) as disk:
+        real_sync = image_module.Image.sync
+        landed = []
+
+        def sync_with_a_write_landing(image):
+            if not landed:
+                landed.append(True)
+                disk.write(4096, b"late")  # lands while the host flush runs
+            real_sync(image)
+
+        monkeypatch.setattr(image_module.Image, "sync", sync_with_a_write_landing)
+        disk.write(0, b"early")
+        if via == "disk":
+            disk.flush()
+        else:
+            asyncio.run(disk.aio.flush())
+        assert landed and disk.dirty
+        disk.engine.add_rules([InjectError("flush_to_disk", once=True, name="next")])
+        with pytest.raises(bd.InjectedError):
+            disk.flush()  # not skipped: the late write still needs it
+        assert disk.rule("next").hits == 1 and disk.dirty  # a failed flush stays dirty
+        disk.flush()
+        assert not disk.dirty
+
+
+def test_a_failed_host_sync_leaves_the_disk_dirty(tmp_path, monkeypatch):
+    with bd.Disk.create(tmp_path / "img", 8192, durable=True) as disk:
+        disk.write(0, b"data")
+
+        def failing_sync(image):
+            raise OSError(errno.EIO, "fdatasync failed")
+
+        monkeypatch.setattr(image_module.Image, "sync", failing_sync)
+        with pytest.raises(OSError, match="fdatasync failed"):
+            disk.flush()
+        assert disk.dirty
+        monkeypatch.undo()
+        disk.flush()
+        assert not disk.dirty

@@ -506,10 +506,19 @@ def flush(disk: Disk) -> Request[None]:
             decision = decide(disk.engine, FLUSH, 0, 0)
             if decision is not None:
                 yield from effect(disk.engine, FLUSH, decision, 0, 0)
-            yield HOST_IO
-            if disk.durable:
-                image.sync()
-        image.dirty_event = image.dirty_check = False
+            # Clean before the host flush, not after it: a write that lands
+            # while it runs (another thread, an NBD connection) marks the
+            # image again, so the next flush is not skipped.
+            image.dirty_event = image.dirty_check = False
+            try:
+                yield HOST_IO
+                if disk.durable:
+                    image.sync()
+            except BaseException:
+                image.dirty_event = image.dirty_check = True  # a failed flush stays dirty
+                raise
+        else:
+            image.dirty_event = False  # flush_to_disk had its turn (an empty discard's mark)
         ok = True
     finally:
         for recorder, token in tokens:
