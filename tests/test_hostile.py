@@ -23,6 +23,9 @@ Huge and NaN values:
   (``handshake_timeout=nan``, ``max_connections=0``);
   nan/inf rule attributes in Python: tests/test_rule_extensions.py::test_rule_errors_name_the_attribute;
   TOML integers of 5,000 digits: tests/test_rules_hardening.py;
+  rule attributes of 400 digits or 1e300 (named briefly, no OverflowError):
+  tests/test_rules_hardening.py::test_a_number_far_out_of_range_*,
+  test_a_toml_delay_far_out_of_range_names_the_file_and_line;
   here: image sizes >= 2**63, nan/inf literals in TOML rule files.
 
 Quadratic inputs (20,000 rules, events, armed rules):
@@ -31,6 +34,10 @@ Quadratic inputs (20,000 rules, events, armed rules):
 Slow and flooding NBD clients, wildcard addresses: tests/test_hostile_nbd.py;
 malformed NBD streams (Hypothesis): tests/test_nbd_fuzz.py;
 disconnects mid-request: tests/test_nbd.py::test_disconnect_mid_request_and_while_held.
+
+A write that lands while a flush runs (its dirty mark must survive), a
+failed host sync: tests/test_core_safety.py::test_a_write_during_a_flush_keeps_the_disk_dirty,
+test_a_failed_host_sync_leaves_the_disk_dirty.
 
 Close under load:
   threads writing through ``Disk`` while it closes, a request held at a

@@ -247,3 +247,35 @@ def test_toml_set_state_without_new_state_is_refused() -> None:
     inline = 'set-state = [{event = "read_aio"}]\n'
     with pytest.raises(RuleFileError, match="missing new_state"):
         loads_toml(inline, path="s.toml")
+
+
+# -- numbers far out of range --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"delay": 1e300}, "delay=1e+300 is out of range (0..3600)"),
+        ({"delay": 10**400}, "delay=10000000... (401 digits) is out of range (0..3600)"),
+        (
+            {"probability": -(10**400)},
+            "probability=-1000000... (401 digits) is out of range (0..1)",
+        ),
+        ({"sector": 10**400}, "sector=10000000... (401 digits) is out of range (-1.."),
+        ({"after": 2**63}, "after=9223372036854775808 is out of range (0..9223372036854775807)"),
+    ],
+)
+def test_a_number_far_out_of_range_is_named_briefly(attributes: dict, message: str) -> None:
+    """A float attribute given an int too large for a float is out of range
+    (it was a bare OverflowError), and no message prints hundreds of digits."""
+    with pytest.raises(ValueError) as info:
+        InjectError("read_aio", **attributes)
+    assert message in str(info.value)
+    assert len(str(info.value)) < 120
+
+
+def test_a_toml_delay_far_out_of_range_names_the_file_and_line() -> None:
+    with pytest.raises(RuleFileError) as info:
+        loads_toml('[[inject-error]]\nevent = "read_aio"\ndelay = 1e300\n', path="rules.toml")
+    text = str(info.value)
+    assert text.startswith("rules.toml:3: ") and "delay=1e+300 is out of range" in text, text

@@ -79,7 +79,15 @@ class Attr:
 
 
 def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    """A number for an error message, short: an int in full up to 21 digits
+    (every valid limit fits), a whole float as an int (``3600``, not
+    ``3600.0``); past that, ``1e+300``, or an int's first digits and its
+    length, rather than hundreds of digits."""
+    if isinstance(value, int):
+        text = str(value)
+        digits = len(text.lstrip("-"))
+        return text if digits <= 21 else f"{text[:8]}... ({digits} digits)"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 _KINDS = {class_name(k): k for k in ("inject-error", "set-state", "bad-sector")}
@@ -183,12 +191,14 @@ def check(kind: str, attr: Attr, value: Any) -> Any:
     else:  # float
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail(kind, a, f"{a} must be a number, not {value!r}")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise fail(kind, a, f"{a} must be a finite number, not {value!r}")
-        value = float(value)
+    # Compared before any conversion: Python compares an int with a float
+    # exactly, and an int too large for a float is then out of range, not
+    # an OverflowError.
     if not attr.lo <= value <= attr.hi:
         raise fail(kind, a, f"{a}={_num(value)} is out of range ({_num(attr.lo)}..{_num(attr.hi)})")
-    return value
+    return value if t == "int" else float(value)
 
 
 def format_value(attr: Attr, value: Any) -> str:
