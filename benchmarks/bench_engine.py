@@ -56,8 +56,19 @@ def timed(fn: Callable[[int], object], n: int) -> float:
     return (clock() - start) / n
 
 
-def measure(rules: list[bd.InjectError], n: int, rounds: int, directory: str) -> dict[str, float]:
-    disk = bd.Disk.create(os.path.join(directory, "bench.img"), "1G", rules=rules)
+def measure(
+    rules: list[bd.InjectError],
+    n: int,
+    rounds: int,
+    directory: str,
+    disk_class: type[bd.Disk] = bd.Disk,
+    tweak: Callable[[bd.Disk], None] | None = None,
+) -> dict[str, float]:
+    """Best seconds per request of each side; ``disk_class`` and ``tweak``
+    (called on the open disk) let bench_armed_floor.py measure variants."""
+    disk = disk_class.create(os.path.join(directory, "bench.img"), "1G", rules=rules)
+    if tweak is not None:
+        tweak(disk)
     fd = disk.fileno()
     data = b"x" * BLOCK
 
@@ -79,14 +90,21 @@ def measure(rules: list[bd.InjectError], n: int, rounds: int, directory: str) ->
     return best
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """--requests, --rounds and --clock (which sets ``CLOCK``), for this
+    script and bench_armed_floor.py."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
+    return args
+
+
+def main() -> int:
+    args = parse_args(__doc__)
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
         f"{args.requests} requests x best of {args.rounds} interleaved rounds; "
