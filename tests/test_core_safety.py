@@ -400,3 +400,62 @@ def test_a_failed_host_sync_leaves_the_disk_dirty(tmp_path, monkeypatch):
         monkeypatch.undo()
         disk.flush()
         assert not disk.dirty
+
+
+# -- DiskFile closed, bad seeks ----------------------------------------------------------------
+
+
+def test_a_closed_diskfile_refuses_io_as_a_closed_file_does(tmp_path):
+    """A write through a closed file object reached the disk (and a read,
+    seek or sync worked): a closed file refuses them with ValueError."""
+    with bd.Disk.create(tmp_path / "img", 4096) as disk:
+        f = disk.fileobj()
+        f.write(b"kept")
+        f.close()
+        assert f.closed
+        for call in (
+            lambda: f.write(b"LOST"),
+            lambda: f.read(4),
+            lambda: f.readinto(bytearray(4)),
+            lambda: f.seek(0),
+            lambda: f.tell(),
+            lambda: f.sync(),
+        ):
+            with pytest.raises(ValueError, match="closed file"):
+                call()
+        assert disk.read(0, 8) == b"kept\0\0\0\0"
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ((0, 5), ValueError),
+        ((0, os.SEEK_DATA), ValueError),
+        ((1.5,), TypeError),
+        (("1",), TypeError),
+    ],
+)
+def test_diskfile_seek_refuses_a_bad_whence_or_offset_as_a_file_does(tmp_path, args, error):
+    """A bad whence was a bare KeyError; a float offset was kept as the
+    position (1.5) and failed at the next read."""
+    with bd.Disk.create(tmp_path / "img", 4096) as disk:
+        f = disk.fileobj()
+        f.seek(7)
+        with pytest.raises(error):
+            f.seek(*args)
+        assert f.tell() == 7
+
+
+def test_diskfile_seek_takes_any_integer_like_offset(tmp_path):
+    """An offset with ``__index__`` (numpy's integers) is an int, as for a file."""
+
+    class Index:
+        def __index__(self) -> int:
+            return 3
+
+    with bd.Disk.create(tmp_path / "img", 4096) as disk:
+        disk.write(0, b"abcdef")
+        f = disk.fileobj()
+        assert f.seek(Index()) == 3
+        assert type(f.tell()) is int
+        assert f.read(2) == b"de"

@@ -47,6 +47,10 @@ Close under load:
   clients write.
 
 Read-only and closed disks: tests/test_core_safety.py (items 13, 14).
+A closed ``disk.fileobj()`` (a write through it reached the disk), a bad
+whence or a float offset to its ``seek``:
+tests/test_core_safety.py::test_a_closed_diskfile_refuses_io_as_a_closed_file_does,
+test_diskfile_seek_*.
 Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
 (test_interrupt_with_a_suspended_request_prints_no_traceback) and
 tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import operator
 import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -457,6 +458,7 @@ class DiskFile(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         __tracebackhide__ = True
+        self._checkClosed()
         view = memoryview(buffer).cast("B")
         n = min(len(view), self._disk.size - self._pos)
         if n <= 0:  # at or past the end: end of file, as for any file
@@ -468,19 +470,32 @@ class DiskFile(io.RawIOBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         __tracebackhide__ = True
+        self._checkClosed()
         n = memoryview(data).nbytes
         self._disk.write(self._pos, data)
         self._pos += n
         return n
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._disk.size}[whence]
+        """As a file's: an int offset (``__index__`` too), whence SEEK_SET,
+        SEEK_CUR or SEEK_END; ValueError once closed."""
+        self._checkClosed()
+        offset = operator.index(offset)
+        if whence == os.SEEK_SET:
+            base = 0
+        elif whence == os.SEEK_CUR:
+            base = self._pos
+        elif whence == os.SEEK_END:
+            base = self._disk.size
+        else:
+            raise ValueError(f"invalid whence ({whence!r}, should be 0, 1 or 2)")
         if base + offset < 0:
             raise OSError(errno.EINVAL, "negative seek position")
         self._pos = base + offset
         return self._pos
 
     def tell(self) -> int:
+        self._checkClosed()
         return self._pos
 
     def fileno(self) -> int:
@@ -495,4 +510,5 @@ class DiskFile(io.RawIOBase):
         """The disk's flush, with its events and check (what ``os.fsync``
         is for a real file)."""
         __tracebackhide__ = True
+        self._checkClosed()
         self._disk.flush()
