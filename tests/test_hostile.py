@@ -51,6 +51,8 @@ A closed ``disk.fileobj()`` (a write through it reached the disk), a bad
 whence or a float offset to its ``seek``:
 tests/test_core_safety.py::test_a_closed_diskfile_refuses_io_as_a_closed_file_does,
 test_diskfile_seek_*.
+A rule that only delays a read let it past a bad sector:
+tests/test_rule_extensions.py::test_a_delay_only_rule_does_not_hide_a_bad_sector.
 Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
 (test_interrupt_with_a_suspended_request_prints_no_traceback) and
 tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).

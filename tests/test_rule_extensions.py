@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,21 @@ def test_report_lists_sectors_still_bad(tmp_path: Path) -> None:
         "yes",
     ]
     disk.close()
+
+
+def test_a_delay_only_rule_does_not_hide_a_bad_sector(tmp_path: Path) -> None:
+    """A rule that only delays a read (errno 0, no lie) let it pass a bad
+    sector: the read succeeded. blkdebug delays the request, then the device
+    below fails it; the bad sector's error comes after the delay."""
+    rules = [
+        BadSector(0, name="dust"),
+        InjectError("read_aio", errno=0, delay=0.05, once=True, name="slow"),
+    ]
+    with Disk.create(tmp_path / "d.img", "1M", rules=rules) as disk:
+        start = time.monotonic()
+        with pytest.raises(InjectedError) as info:
+            disk.read(0, 512)
+        assert time.monotonic() - start >= 0.05
+        assert info.value.rule == "dust" and info.value.errno == errno.EIO
+        assert disk.rule("slow").hits == 1 and disk.rule("dust").hits == 1
+        assert disk.engine.injected_delay == pytest.approx(0.05)

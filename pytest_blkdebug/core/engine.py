@@ -505,9 +505,11 @@ class Engine(Breakpoints):
         against ``probability``, or ``errno=0`` with no effect; then None.
         Else its ``Decision`` (an errno, a delay, a lie); a ``once``/``count``
         rule used up is deleted. A read no rule fails or alters that touches
-        a bad sector fails with that rule's errno (the device below blkdebug).
+        a bad sector fails with that rule's errno (the device below blkdebug),
+        after the delay of a rule that only delays it.
         """
         hit: Slot | None = None
+        delayed_by: Slot | None = None
         decided: Decision | None = None
         self._lock.acquire()
         try:
@@ -523,12 +525,20 @@ class Engine(Breakpoints):
                     slot.left -= 1
                     if not slot.left:
                         self._consume(slot)
-            if decided is None and iotype == READ and self._bad is not None:
+            if (
+                iotype == READ
+                and self._bad is not None
+                and (decided is None or not (decided.errno or decided.corrupt))
+            ):
                 bad = self._bad.find(offset, length)
                 if bad is not None:
+                    if decided is not None:  # a rule that only delays: the device
+                        delayed_by = hit  # fails the read after the delay
+                        decided = Decision(bad.name, bad.errno, delay=decided.delay)
+                    else:
+                        decided = bad.decision
                     hit = slot = bad
                     bad.hits += 1
-                    decided = bad.decision
             self._trace_append(
                 (
                     iotype,
@@ -542,6 +552,8 @@ class Engine(Breakpoints):
         finally:
             self._lock.release()
         if hit is not None and self._observers:
+            if delayed_by is not None:
+                self._notify("hit", delayed_by.name)
             self._notify("hit", hit.name)
         return decided
 
