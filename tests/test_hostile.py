@@ -46,6 +46,11 @@ Close under load:
   here: writers through ``disk.aio``, and an NBD export closed while its
   clients write.
 
+Power loss and sweeps (recordings, crash copies, bodies that exit):
+  tests/test_crash_hardening.py (test_a_recycled_copy_is_not_reused_across_seeds);
+  tests/test_sweep_hardening.py (test_a_body_that_exits_at_one_point_does_not_end_the_sweep,
+  test_crash_mode_images_keep_the_files_prep_left).
+
 Read-only and closed disks: tests/test_core_safety.py (items 13, 14).
 A closed ``disk.fileobj()`` (a write through it reached the disk), a bad
 whence or a float offset to its ``seek``:

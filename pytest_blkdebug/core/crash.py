@@ -101,8 +101,8 @@ class Recording:
         self._cached: Log | None = None
         self._cached_size = -1
         self.crash_count = itertools.count(1)
-        #: Unmodified crash copies kept for reuse, per unit: (path, content).
-        self.pool: dict[int, tuple[str, Any]] = {}
+        #: Unmodified crash copies kept for reuse, per unit: (path, content, seed).
+        self.pool: dict[int, tuple[str, Any, int]] = {}
         #: The class of the first disk recorded: crash states open their
         #: images with it, so this layer never imports ``Disk`` (the disk
         #: and the engine create recordings; importing them back would be a cycle).

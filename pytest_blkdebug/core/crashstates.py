@@ -174,7 +174,9 @@ class Crash:
             raise FileNotFoundError(f"{path} does not exist in crash state {self.id}")
         pool = self.recording.pool
         pooled = pool.pop(content[0].ident, None) if "engine" not in kwargs else None
-        if pooled is not None and update(pooled[0], pooled[1], content, self.seed):
+        # A copy made with another seed holds other garbage bytes: not reusable.
+        reusable = pooled is not None and pooled[2] == self.seed
+        if reusable and pooled is not None and update(pooled[0], pooled[1], content, self.seed):
             target = pooled[0]
         else:
             if pooled is not None:
@@ -197,7 +199,7 @@ class Crash:
         crash_disk = disk_type(
             target,
             engine=type(self.recording.engine)(),
-            on_close=_CrashCopy(target, keep, (pool, content), tracker),
+            on_close=_CrashCopy(target, keep, (pool, content, self.seed), tracker),
             **kwargs,
         )
         crash_disk.engine.recorders = (tracker,)
@@ -283,7 +285,7 @@ class _CrashCopy:
         self,
         path: str,
         keep: bool,
-        pool: tuple[dict[int, tuple[str, Content]], Content] | None,
+        pool: tuple[dict[int, tuple[str, Content, int]], Content, int] | None,
         tracker: _Modified | None,
     ) -> None:
         self.path = path
@@ -296,9 +298,9 @@ class _CrashCopy:
             return
         path = self.path
         if self.pool is not None and self.tracker is not None and not self.tracker.modified:
-            pool, content = self.pool
+            pool, content, seed = self.pool
             previous = pool.get(content[0].ident)
-            pool[content[0].ident] = (self.path, content)
+            pool[content[0].ident] = (self.path, content, seed)
             if previous is None:
                 return
             path = previous[0]

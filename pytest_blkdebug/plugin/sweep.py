@@ -45,7 +45,7 @@ import pytest
 
 from ..core.crash import Recording
 from ..core.crashstates import Crash
-from ..core.disk import Disk, create_image
+from ..core.disk import Disk
 from ..core.engine import Engine
 from ..core.errors import RuleError
 from ..core.events import IOTYPES, EventRegistry
@@ -297,14 +297,15 @@ class Sweep:
                     value = spec.body(disk)
                 except Exception as exc:
                     error = exc
-                engine.disarmed = True
-                if recording is not None:
-                    recording.stop()
-                reached = bool(engine.failed)
-                request = engine.failed[0] if reached else None
-                if request is not None:
-                    result.requests[n] = request
-                result.runs.append(n)
+                finally:  # a BaseException (SystemExit) too: the point ran, N may follow
+                    engine.disarmed = True
+                    if recording is not None:
+                        recording.stop()
+                    reached = bool(engine.failed)
+                    request = engine.failed[0] if reached else None
+                    if request is not None:
+                        result.requests[n] = request
+                    result.runs.append(n)
                 outcome = SweepOutcome(n, reached, request, list(engine.failed), error, value)
                 if not reached and error is not None:
                     raise SweepFailure(
@@ -359,10 +360,13 @@ class Sweep:
         result.images += len(states)
         for crash in states:
             folder = where / crash.id
+            folder.mkdir()
+            # The files prep left, as it left them (those the body never
+            # touched through the engine are in no recording), then the
+            # recorded files as the crash left them.
+            copy_tree(spec.template, folder)
             crash.restore(folder)
             image = folder / IMAGE
-            if not image.exists():  # never written: the prepared image as it was
-                create_image(image, os.path.getsize(spec.template / IMAGE), spec.template / IMAGE)
             engine = Engine(registry=EventRegistry(spec.registry.custom), seed=spec.seed)
             with Disk(image, engine=engine) as disk:
                 outcome.crash = crash

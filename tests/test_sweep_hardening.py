@@ -1,0 +1,78 @@
+"""Attacks on fault sweeps (plugin/sweep.py, core/sweep.py): bodies that
+raise what ``Exception`` does not catch, crash-mode images, report lines.
+Indexed in tests/test_hostile.py."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def run(pytester: pytest.Pytester, test: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_sweep_attack=test)
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+def test_a_body_that_exits_at_one_point_does_not_end_the_sweep(
+    pytester: pytest.Pytester,
+) -> None:
+    """A body that calls ``sys.exit`` on an I/O error (a CLI's main, say):
+    the point fails, and the points after it still run. The sweep stopped
+    there, and its line said "2 points, 2 runs, 1 failed (N=3)": three ran,
+    the third reached its fault, the fourth never ran."""
+    result = run(
+        pytester,
+        """
+import sys
+
+def test_it(blkdebug_sweep):
+    def body(disk):
+        disk.write(0, b"x" * 512)
+        disk.write(512, b"x" * 512)
+        try:
+            disk.flush()
+        except OSError:
+            sys.exit(1)
+
+    result = blkdebug_sweep.run(body, iotype=["write", "flush"])
+    print("RESULT", result.points, result.runs, result.failures)
+""",
+        "-s",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*RESULT 3 [[]1, 2, 3, 4[]] [[]3[]]*",
+            "test_sweep_attack.py::test_it: 3 points (write, flush), 4 runs, 1 failed (N=3)",
+            "SUBFAILED*N=3*SystemExit: 1",
+        ]
+    )
+    assert result.parseoutcomes()["failed"] == 2  # the subtest and its test, no more
+
+
+def test_crash_mode_images_keep_the_files_prep_left(pytester: pytest.Pytester) -> None:
+    """docs/sweeps.md: files ``prep`` leaves next to the image are copied to
+    every point. In crash mode ``check`` saw only the files the recording
+    knew (those the body opened through the engine): a file the body never
+    touched was missing from every crash image's directory."""
+    result = run(
+        pytester,
+        """
+from pathlib import Path
+
+def test_it(blkdebug_sweep):
+    def prep(disk):
+        (Path(disk.path).parent / "meta.txt").write_text("hello")
+
+    def body(disk):
+        disk.write(0, b"x" * 512)
+        disk.flush()
+
+    def check(disk, outcome):
+        assert (Path(disk.path).parent / "meta.txt").read_text() == "hello"
+
+    result = blkdebug_sweep.run(
+        body, prep=prep, check=check, iotype=["write", "flush"], mode="crash"
+    )
+    assert (result.points, result.failures, result.images) == (2, [], 3)
+""",
+    )
+    result.assert_outcomes(passed=1)
