@@ -459,3 +459,52 @@ def test_diskfile_seek_takes_any_integer_like_offset(tmp_path):
         assert f.seek(Index()) == 3
         assert type(f.tell()) is int
         assert f.read(2) == b"de"
+
+
+# -- a disk that fails to open leaves a shared engine as it was ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"hold_timeout": math.nan},
+        {"wait_timeout": 0},
+        {"size": -1},
+        {"path": "missing.img"},
+    ],
+)
+def test_a_disk_that_fails_to_open_adds_no_rule_to_a_shared_engine(tmp_path, bad):
+    """Its rules joined the shared engine before the arguments were checked
+    and the file opened: the first disk's reads failed with a rule of a disk
+    that never opened, and opening it again said "duplicate rule name"."""
+    with bd.Disk.create(tmp_path / "a.img", 4096) as first:
+        bd.Disk.create(tmp_path / "b.img", 4096).close()
+        kwargs = dict(bad)
+        path = tmp_path / kwargs.pop("path", "b.img")
+        rule = InjectError("read_aio", name="of-b")
+        with pytest.raises((ValueError, OSError)):
+            bd.Disk.open(path, engine=first.engine, rules=[rule], **kwargs)
+        assert [r.name for r in first.rules] == []
+        assert first.read(0, 4) == bytes(4)
+        with bd.Disk.open(tmp_path / "b.img", engine=first.engine, rules=[rule]):
+            assert [r.name for r in first.rules] == ["of-b"]
+
+
+def test_a_disk_whose_open_event_is_never_resumed_is_closed_not_left_attached(tmp_path):
+    """A breakpoint on "none" set before the first disk opens holds the open;
+    in the only thread it fails at once, and the half-made disk stayed
+    attached: the engine counted a user that could never close."""
+    script = f"""
+import pytest_blkdebug as bd
+engine = bd.Engine()
+engine.break_on("none", "at-open")
+try:
+    bd.Disk.create({str(tmp_path / "img")!r}, 4096, engine=engine)
+except bd.BreakpointTimeout:
+    pass
+print(engine._users, sum(not d.closed for d in engine.disks), engine.suspended)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.split() == ["0", "0", "[]"]

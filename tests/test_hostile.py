@@ -58,6 +58,10 @@ tests/test_core_safety.py::test_a_closed_diskfile_refuses_io_as_a_closed_file_do
 test_diskfile_seek_*.
 A rule that only delays a read let it past a bad sector:
 tests/test_rule_extensions.py::test_a_delay_only_rule_does_not_hide_a_bad_sector.
+A disk that fails to open (bad timeout or size, missing file, its open
+event never resumed) on a shared engine: tests/test_core_safety.py::
+test_a_disk_that_fails_to_open_adds_no_rule_to_a_shared_engine,
+test_a_disk_whose_open_event_is_never_resumed_is_closed_not_left_attached.
 Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
 (test_interrupt_with_a_suspended_request_prints_no_traceback) and
 tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).

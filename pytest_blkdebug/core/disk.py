@@ -66,15 +66,10 @@ class Disk:
         #: Called once, with the disk, after it closed: lets an owner (a crash
         #: state's copy, say) clean up after a Disk without subclassing it.
         self.on_close = on_close
-        if engine is None:
-            engine = Engine(rules, events=events, seed=seed)
-        elif seed is not None and seed != engine.seed:
+        # Every argument is checked and the file opened before a shared
+        # engine is touched: a disk that fails to open leaves no rule there.
+        if engine is not None and seed is not None and seed != engine.seed:
             raise ValueError(f"seed={seed}: the shared engine already has seed {engine.seed}")
-        else:
-            for name in events:
-                engine.registry.register(name)
-            engine.add_rules(rules)
-        self.engine = engine
         self.readonly = readonly
         #: fdatasync on a successful flush (off: the page cache is all any
         #: reader in a test can see, and syncing costs milliseconds).
@@ -85,10 +80,21 @@ class Disk:
             raise ValueError(f"size must be an int from 0 to 2**63 - 1, got {size!r}")
         #: The host file (descriptor, whole-length I/O, the guard against close).
         self.image = Image(self.path, readonly=readonly)
-        #: The addressable size. Usually the file's size; a larger ``size``
-        #: suits files that grow (a database's journal): past the file's end
-        #: reads give zeroes and writes extend the file.
-        self.size = self.image.size() if size is None else size
+        try:
+            #: The addressable size. Usually the file's size; a larger ``size``
+            #: suits files that grow (a database's journal): past the file's end
+            #: reads give zeroes and writes extend the file.
+            self.size = self.image.size() if size is None else size
+            if engine is None:
+                engine = Engine(rules, events=events, seed=seed)
+            else:
+                for name in events:
+                    engine.registry.register(name)
+                engine.add_rules(rules)
+        except BaseException:
+            self.image.close()
+            raise
+        self.engine = engine
         self.image.limit = self.size
         self._closed = False
         #: This disk's requests waiting at breakpoints (the request path adds
@@ -104,7 +110,11 @@ class Disk:
             engine.file_op("open", self.path, disk=self)
         if not engine.opened:
             engine.opened = True
-            self._run(request_path.fire(self, "none", "open"))
+            try:
+                self._run(request_path.fire(self, "none", "open"))
+            except BaseException:  # held at a breakpoint nobody resumed
+                self.close()
+                raise
 
     # -- construction --------------------------------------------------------
 
