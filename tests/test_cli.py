@@ -112,6 +112,41 @@ def test_commands_come_from_stdin_without_dash_c(image: Path) -> None:
     ]
 
 
+def test_stdin_commands_run_one_by_one_as_they_are_typed(image: Path) -> None:
+    """Each stdin line runs before the next is read, as in qemu-io: a person
+    typing sees the answer to each command. Was: every line read up to EOF
+    first, so nothing ran (and nothing printed) until Ctrl-D."""
+    out = io.StringIO()
+    seen_before_each_read: list[str] = []
+
+    class Typing(io.StringIO):
+        def readline(self, size: int | None = -1) -> str:
+            seen_before_each_read.append(out.getvalue())
+            return super().readline()
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("read as a whole, not line by line")
+
+    status = cli.main(
+        ["img.raw"], stdout=out, stderr=io.StringIO(), stdin=Typing("write -P 7 0 512\nlength\n")
+    )
+    assert status == 0
+    assert len(seen_before_each_read) == 3  # two lines and the end of input
+    assert seen_before_each_read[0] == ""
+    assert seen_before_each_read[1].startswith("wrote 512/512 bytes at offset 0\n")
+    assert seen_before_each_read[2].endswith("1 MiB\n")
+
+
+def test_stdin_on_a_terminal_gets_a_prompt_before_each_line(image: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = io.StringIO()
+    status = cli.main(["img.raw"], stdout=out, stderr=io.StringIO(), stdin=Terminal("length\n"))
+    assert (status, out.getvalue()) == (0, "blkdebug-io> 1 MiB\nblkdebug-io> ")
+
+
 # -- opening -------------------------------------------------------------------
 
 

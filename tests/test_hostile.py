@@ -51,6 +51,10 @@ Power loss and sweeps (recordings, crash copies, bodies that exit):
   tests/test_sweep_hardening.py (test_a_body_that_exits_at_one_point_does_not_end_the_sweep,
   test_crash_mode_images_keep_the_files_prep_left).
 
+blkdebug-io typed at, line by line (each command runs before the next line
+is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
+test_stdin_on_a_terminal_gets_a_prompt_before_each_line.
+
 Read-only and closed disks: tests/test_core_safety.py (items 13, 14).
 A closed ``disk.fileobj()`` (a write through it reached the disk), a bad
 whence or a float offset to its ``seek``:

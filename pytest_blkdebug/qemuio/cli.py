@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NoReturn, TextIO
 
 from ..core.disk import DEFAULT_WAIT_TIMEOUT, Disk
@@ -183,6 +183,28 @@ def open_disk(
     return disk, config is not None
 
 
+def _script(source: TextIO, out: TextIO) -> Iterator[str]:
+    """The commands of standard input, each read once the one before has run.
+
+    As qemu-io, a line is read only when the previous command is done (a
+    person typing sees each answer before the next prompt); the prompt
+    ``blkdebug-io> `` is shown before each line when the input is a terminal
+    (qemu-io shows it on a pipe too: see docs/differences.md).
+    """
+    try:
+        prompt = source.isatty()
+    except (AttributeError, ValueError):
+        prompt = False
+    while True:
+        if prompt:
+            out.write(f"{PROG}> ")
+            out.flush()
+        line = source.readline()
+        if not line:
+            return
+        yield line.rstrip("\r\n")
+
+
 def main(
     argv: list[str] | None = None,
     *,
@@ -252,10 +274,9 @@ def main(
     except (OpenError, RuleError) as exc:
         print(f"{PROG}: can't open device {args.filename}: {exc}", file=err)
         return 1
-    commands = args.cmd
-    if not commands:
-        source = stdin if stdin is not None else sys.stdin
-        commands = [line.rstrip("\r\n") for line in source]
+    commands: Iterable[str] = args.cmd
+    if not args.cmd:
+        commands = _script(stdin if stdin is not None else sys.stdin, out)
     try:
         session = Session(disk, over_blkdebug, out, err, args.sync_via == "aio")
         try:

@@ -23,7 +23,7 @@ import asyncio
 import errno
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TextIO
 
 from ..core.disk import Disk
@@ -93,7 +93,7 @@ class Session:
 
     # -- running -----------------------------------------------------------------
 
-    def run(self, commands: Sequence[str]) -> int:
+    def run(self, commands: Iterable[str]) -> int:
         """Run the script; the exit status (1 if any command failed or it hung)."""
         try:
             for line in commands:
