@@ -51,6 +51,9 @@ Power loss and sweeps (recordings, crash copies, bodies that exit):
   tests/test_sweep_hardening.py (test_a_body_that_exits_at_one_point_does_not_end_the_sweep,
   test_crash_mode_images_keep_the_files_prep_left).
 
+An ini file whose [inject-error] and [set-state] share an id (valid in QEMU; a
+disk refuses it, saying why): tests/test_rules_hardening.py::test_an_id_shared_by_both_ini_kinds_is_refused_saying_why.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.

@@ -279,3 +279,30 @@ def test_a_toml_delay_far_out_of_range_names_the_file_and_line() -> None:
         loads_toml('[[inject-error]]\nevent = "read_aio"\ndelay = 1e300\n', path="rules.toml")
     text = str(info.value)
     assert text.startswith("rules.toml:3: ") and "delay=1e+300 is out of range" in text, text
+
+
+def test_an_id_shared_by_both_ini_kinds_is_refused_saying_why(tmp_path: Path) -> None:
+    """QEMU keeps ini group ids per kind: ``[inject-error "a"]`` and ``[set-state
+    "a"]`` run in qemu-io. A disk refuses two rules named 'a'; the message was a
+    bare ``duplicate rule name 'a'``, which read like a bug in a file QEMU takes."""
+    import io
+
+    from pytest_blkdebug.qemuio import cli
+
+    (tmp_path / "s.ini").write_text(
+        '[inject-error "a"]\nevent = "read_aio"\n[set-state "a"]\nevent = "read_aio"\n'
+        'new_state = "2"\n'
+    )
+    with open(tmp_path / "d.img", "wb") as f:
+        f.truncate(1 << 20)
+    err = io.StringIO()
+    status = cli.main(
+        ["-c", "read 0 512", f"blkdebug:{tmp_path}/s.ini:{tmp_path}/d.img"],
+        stdout=io.StringIO(),
+        stderr=err,
+    )
+    assert status == 1
+    assert (
+        "duplicate rule name 'a': rules [inject-error] and [set-state] (a QEMU ini file "
+        "may give both kinds one id, but a rule name is one per disk: rename one)"
+    ) in err.getvalue()

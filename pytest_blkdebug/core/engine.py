@@ -128,6 +128,20 @@ class Recorder(Protocol):
     def on_file_op(self, kind: str, path: str, details: dict[str, Any]) -> None: ...
 
 
+def _duplicate(name: str, rule: Rule, by_name: dict[str, Slot], new: list[Slot]) -> str:
+    """The error for a second rule called ``name``. A QEMU ini file may give an
+    [inject-error] and a [set-state] the same id (QEMU keeps ids per kind); a
+    rule name is one per engine, so say that, not only that it repeats."""
+    prior = by_name.get(name) or next(s for s in new if s.name == name)
+    if prior.rule.kind == rule.kind:
+        return f"duplicate rule name {name!r}"
+    kinds = " and ".join(f"[{k}]" for k in (prior.rule.kind, rule.kind))
+    return (
+        f"duplicate rule name {name!r}: rules {kinds} (a QEMU ini file may give "
+        "both kinds one id, but a rule name is one per disk: rename one)"
+    )
+
+
 class Engine(Breakpoints):
     """State machine and rule tables for one or more disks.
 
@@ -206,7 +220,7 @@ class Engine(Breakpoints):
                 self.registry.check(rule.event)
                 name = rule_name(rule, len(self._slots) + len(new))
                 if name in self._by_name or name in names:
-                    raise RuleError(f"duplicate rule name {name!r}", attribute="name")
+                    raise RuleError(_duplicate(name, rule, self._by_name, new), attribute="name")
                 names.add(name)
                 new.append(Slot(rule, name, len(self._slots) + len(new), self.seed))
             for slot in new:
