@@ -508,3 +508,34 @@ print(engine._users, sum(not d.closed for d in engine.disks), engine.suspended)
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert out.split() == ["0", "0", "[]"]
+
+
+# -- buffers that cannot take the request, refused before any event ---------------------------
+
+
+@pytest.mark.parametrize("via", ["sync", "aio"])
+def test_a_non_contiguous_write_buffer_fails_before_any_event(tmp_path, via):
+    """A strided memoryview raised its events, changed the state and used up
+    a once rule before the host write refused it (BufferError)."""
+    rules = [SetState("write_aio", 2, name="s"), InjectError("write_aio", once=True, name="once")]
+    with bd.Disk.create(tmp_path / "img", 4096, rules=rules) as disk:
+        strided = memoryview(b"abcdefgh")[::2]
+        with pytest.raises(BufferError, match="contiguous"):
+            if via == "sync":
+                disk.write(0, strided)
+            else:
+                asyncio.run(disk.aio.write(0, strided))
+        assert disk.state == 1 and not disk.dirty
+        assert not disk.rule("once").consumed and disk.rule("once").hits == 0
+
+
+def test_diskfile_readinto_a_read_only_buffer_fails_before_the_read(tmp_path):
+    """readinto(bytes) read the disk (its events, a once rule, a breakpoint)
+    and only then failed to store the data; a file refuses it first."""
+    rules = [SetState("read_aio", 2, name="s"), InjectError("read_aio", once=True, name="once")]
+    with bd.Disk.create(tmp_path / "img", 4096, rules=rules) as disk:
+        f = disk.fileobj()
+        with pytest.raises(TypeError, match="read-write"):
+            f.readinto(b"1234")
+        assert disk.state == 1 and f.tell() == 0
+        assert not disk.rule("once").consumed

@@ -69,6 +69,10 @@ A disk that fails to open (bad timeout or size, missing file, its open
 event never resumed) on a shared engine: tests/test_core_safety.py::
 test_a_disk_that_fails_to_open_adds_no_rule_to_a_shared_engine,
 test_a_disk_whose_open_event_is_never_resumed_is_closed_not_left_attached.
+Buffers that cannot take the request (a strided memoryview to write, a
+read-only buffer to ``readinto``) are refused before any event:
+tests/test_core_safety.py::test_a_non_contiguous_write_buffer_fails_before_any_event,
+test_diskfile_readinto_a_read_only_buffer_fails_before_the_read.
 Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
 (test_interrupt_with_a_suspended_request_prints_no_traceback) and
 tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).

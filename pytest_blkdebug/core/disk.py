@@ -470,6 +470,11 @@ class DiskFile(io.RawIOBase):
         __tracebackhide__ = True
         self._checkClosed()
         view = memoryview(buffer).cast("B")
+        if view.readonly:  # refused before the read, as a file does
+            raise TypeError(
+                f"readinto() argument must be read-write bytes-like object, "
+                f"not {type(buffer).__name__}"
+            )
         n = min(len(view), self._disk.size - self._pos)
         if n <= 0:  # at or past the end: end of file, as for any file
             return 0

@@ -440,7 +440,15 @@ def read(disk: Disk, offset: int, length: int) -> Request[bytes]:
 def write(disk: Disk, offset: int, data: bytes | bytearray | memoryview) -> Request[None]:
     """Write ``data`` at ``offset`` (events: write_aio, pwritev, pwritev_done)."""
     __tracebackhide__ = True
-    length = len(data) if type(data) is bytes else memoryview(data).nbytes
+    if type(data) is bytes:
+        length = len(data)
+    else:
+        view = memoryview(data)
+        if not view.c_contiguous:  # the host write would refuse it, after the events
+            raise BufferError(
+                "write data must be a C-contiguous buffer (bytes(data) copies a strided one)"
+            )
+        length = view.nbytes
     offset, length = range_check(disk, WRITE, offset, length)
     yield from _store(disk, WRITE, offset, length, data)
 
