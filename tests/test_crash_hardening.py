@@ -4,6 +4,8 @@ not try. Indexed in tests/test_hostile.py."""
 
 from __future__ import annotations
 
+import os
+
 from pytest_blkdebug import Disk
 
 
@@ -21,3 +23,38 @@ def test_a_recycled_copy_is_not_reused_across_seeds(tmp_path):
     run.pool.clear()
     assert pooled == one.read()  # what a fresh copy of seed 1's state holds
     assert first != pooled
+
+
+def test_allocated_zeroes_past_the_file_end_grow_the_crash_image_too(tmp_path):
+    """A disk larger than its file (``size=``): ``write_zeroes(unmap=False)``
+    past the end extends the file, as a write does, but every crash image
+    that kept it had the old, shorter size: the state that keeps every
+    write was not what the code saw."""
+    path = tmp_path / "disk.img"
+    path.write_bytes(b"x" * 1024)
+    disk = Disk(path, size=8192)
+    with disk.record() as run:
+        disk.write(0, b"A" * 512)
+        disk.write_zeroes(2048, 1024, unmap=False)
+    live = path.read_bytes()
+    assert len(live) == 3072
+    crashes = run.crashes()
+    assert crashes.by_id("e0-all").read() == live
+    assert crashes.by_id("e0-none").read() == b"x" * 1024
+    disk.close()
+
+
+def test_a_write_behind_the_engine_does_not_leak_into_the_next_state(tmp_path):
+    """docs/crash.md: crash images never touch each other. A copy written
+    through its descriptor (``fileno()``: a C library, mmap, a program given
+    the path) looked unmodified to the engine, was recycled, and the next
+    state's image kept those bytes."""
+    disk = Disk.create(tmp_path / "disk.img", 4096)
+    with disk.record() as run:
+        disk.write(0, b"A" * 512)
+    crashes = run.crashes()
+    with crashes.by_id("e0-all").open() as image:
+        os.pwrite(image.fileno(), b"R" * 4, 2048)
+    assert crashes.by_id("e0-none").read() == bytes(4096)
+    assert crashes.by_id("e0-all").read()[:512] == b"A" * 512
+    disk.close()

@@ -47,7 +47,9 @@ Close under load:
   clients write.
 
 Power loss and sweeps (recordings, crash copies, bodies that exit):
-  tests/test_crash_hardening.py (test_a_recycled_copy_is_not_reused_across_seeds);
+  tests/test_crash_hardening.py (test_a_recycled_copy_is_not_reused_across_seeds,
+  test_allocated_zeroes_past_the_file_end_grow_the_crash_image_too,
+  test_a_write_behind_the_engine_does_not_leak_into_the_next_state);
   tests/test_sweep_hardening.py (test_a_body_that_exits_at_one_point_does_not_end_the_sweep,
   test_crash_mode_images_keep_the_files_prep_left).
 

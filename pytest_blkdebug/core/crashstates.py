@@ -194,7 +194,10 @@ class Crash:
         if "engine" in kwargs:
             return disk_type(target, on_close=_CrashCopy(target, keep, None, None), **kwargs)
         # A fresh engine of the recorded one's class, its only recorder the
-        # tracker that tells whether the copy can be reused unchanged.
+        # tracker that tells whether the copy can be reused unchanged; the
+        # stamp tells whether anything wrote the file behind the engine
+        # (through ``fileno()``, or its path): any write moves its mtime.
+        os.utime(target, ns=(_STAMP, _STAMP))
         tracker = _Modified()
         crash_disk = disk_type(
             target,
@@ -297,7 +300,12 @@ class _CrashCopy:
         if self.keep:
             return
         path = self.path
-        if self.pool is not None and self.tracker is not None and not self.tracker.modified:
+        if (
+            self.pool is not None
+            and self.tracker is not None
+            and not self.tracker.modified
+            and _stamped(path)
+        ):
             pool, content, seed = self.pool
             previous = pool.get(content[0].ident)
             pool[content[0].ident] = (self.path, content, seed)
@@ -308,6 +316,18 @@ class _CrashCopy:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+#: The mtime (ns) a crash copy gets when it is handed out: still there at
+#: close, nothing wrote the file (a write sets the current time).
+_STAMP = 1_000_000_000
+
+
+def _stamped(path: str) -> bool:
+    try:
+        return os.stat(path).st_mtime_ns == _STAMP
+    except FileNotFoundError:
+        return False
 
 
 class _Modified:

@@ -361,10 +361,15 @@ def store_zeroes(
     at, n = _target(disk, offset, length, decision)
     if n == 0:
         return
-    disk.image.zero(at, n, unmap=unmap)
     engine = disk.engine
+    # Allocated zeroes past the file's end (a disk larger than its file)
+    # extend it, as a write does; a recorder hears that as a truncate.
+    grows = not unmap and bool(engine.recorders) and at + n > disk.image.size()
+    disk.image.zero(at, n, unmap=unmap)
     if engine.recorders or engine.watches_stores:
         stored(disk, op, at, n, None)
+        if grows:
+            engine.file_op("truncate", disk.path, size=at + n, disk=disk)
 
 
 # -- 7. durability --------------------------------------------------------------------
