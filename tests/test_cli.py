@@ -348,6 +348,21 @@ SCRIPTS = {
         "discard 0",
         "discard -q 0 1",
     ],
+    # requests ending past 2**63 - 1: qemu-io's block layer says EIO; blkdebug-io
+    # crashed with the Disk's ValueError (a traceback)
+    "int64 end": [
+        f"{op} 9223372036854775807 1"
+        for op in ("read", "read -v", "write", "write -z", "write -z -u", "discard")
+    ]
+    + [
+        "read 9223372036854775296 512",
+        "aio_read 9223372036854775807 1",
+        "aio_read 9223372036854775806 1 1",
+        "aio_write 9223372036854775807 1",
+        "aio_write -z 9223372036854775807 1",
+        "write 9223372036854775807 0",
+        "read 9223372036854775807 0",
+    ],
     "counts": [
         "length 1",
         "flush 1",

@@ -56,6 +56,9 @@ Power loss and sweeps (recordings, crash copies, bodies that exit):
 An ini file whose [inject-error] and [set-state] share an id (valid in QEMU; a
 disk refuses it, saying why): tests/test_rules_hardening.py::test_an_id_shared_by_both_ini_kinds_is_refused_saying_why.
 
+blkdebug-io requests ending past 2**63 - 1 (EIO as qemu-io says, not a
+traceback): tests/test_cli.py::test_command_language_matches_qemu_io[int64 end].
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.
