@@ -344,3 +344,30 @@ def test_asyncio_stress_counters_exact_with_breakpoints(tmp_path):
     assert {s.name: s.hits for s in disk.rules if s.kind == "inject-error"} == {
         f"bad{s}": observed[f"bad{s}"] for s in BAD_SECTORS
     }
+
+
+@pytest.mark.parametrize("how", ["cancelled", "timed-out"])
+def test_a_write_given_up_before_pwritev_raises_no_pwritev_done(tmp_path, how):
+    """A write abandoned while held at write_aio (its task cancelled, or its
+    hold timed out) went on to raise pwritev_done: a set-state rule on it
+    fired and a breakpoint on it held the cancelled task for hold_timeout,
+    which then ended in BreakpointTimeout instead of CancelledError. QEMU
+    raises pwritev_done only for a request that reached pwritev."""
+    rules = [SetState("pwritev_done", 7, name="done")]
+    disk = make_disk(tmp_path, rules, hold_timeout=0.2 if how == "timed-out" else 10)
+
+    async def scenario():
+        disk.break_on("write_aio", "A")
+        disk.break_on("pwritev_done", "B")
+        task = asyncio.create_task(disk.aio.write(0, b"x" * 512))
+        await disk.aio.wait_break("A", timeout=5)
+        if how == "cancelled":
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError if how == "cancelled" else bd.BreakpointTimeout):
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert disk.state == 1 and disk.rule("done").hits == 0
+    assert disk.engine.pending_breakpoints == [("pwritev_done", "B")]
+    assert not disk.dirty and disk.read(0, 512) == bytes(512)
+    disk.close()

@@ -78,6 +78,9 @@ Buffers that cannot take the request (a strided memoryview to write, a
 read-only buffer to ``readinto``) are refused before any event:
 tests/test_core_safety.py::test_a_non_contiguous_write_buffer_fails_before_any_event,
 test_diskfile_readinto_a_read_only_buffer_fails_before_the_read.
+A write cancelled (or timed out) while held at ``write_aio`` raised
+``pwritev_done`` and could be held again there:
+tests/test_breakpoints.py::test_a_write_given_up_before_pwritev_raises_no_pwritev_done.
 Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
 (test_interrupt_with_a_suspended_request_prints_no_traceback) and
 tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).

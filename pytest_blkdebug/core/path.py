@@ -396,8 +396,10 @@ def _store(
     """The request of an operation that changes the image (write with
     ``data``, else write-zeroes or discard): events before, decision,
     effect, store, then events after and durability whether it failed or
-    not. A request its driver drops (``close()`` of the generator) raises
-    nothing more."""
+    not. A request given up before it was decided (cancelled or timed out
+    at a breakpoint of its events before) raises no events after: QEMU
+    raises pwritev_done only for a request that reached pwritev. A request
+    its driver drops (``close()`` of the generator) raises nothing more."""
     __tracebackhide__ = True
     reached = False
     try:
@@ -415,12 +417,13 @@ def _store(
     except GeneratorExit:
         raise
     except BaseException:
+        if not reached:
+            raise
         try:
             if _watched(disk, op.after):
                 yield from events_after(disk, op)
         finally:
-            if reached:
-                durability(disk)
+            durability(disk)
         raise
     try:
         if _watched(disk, op.after):
