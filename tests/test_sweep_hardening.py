@@ -76,3 +76,46 @@ def test_it(blkdebug_sweep):
 """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_crash_mode_keeps_a_file_in_a_subdirectory_in_its_place(
+    pytester: pytest.Pytester,
+) -> None:
+    """A recorded file in a subdirectory of the point (``data/log.img``)
+    was restored flat (``log.img``), so ``check`` opening ``data/log.img``
+    read the prepared file: a flushed write was silently missing."""
+    result = run(
+        pytester,
+        """
+from pathlib import Path
+from pytest_blkdebug import Disk
+
+def test_it(blkdebug_sweep):
+    def prep(disk):
+        (Path(disk.path).parent / "data").mkdir()
+        Disk.create(Path(disk.path).parent / "data" / "log.img", 4096).close()
+
+    def body(disk):
+        with Disk(Path(disk.path).parent / "data" / "log.img", engine=disk.engine) as log:
+            log.write(0, b"L" * 512)
+            log.flush()
+            disk.write(0, b"x" * 512)
+
+    seen = []
+
+    def check(disk, outcome):
+        with Disk(Path(disk.path).parent / "data" / "log.img") as log:
+            seen.append((outcome.crash.id if outcome.crash else None, log.read(0, 1)))
+
+    result = blkdebug_sweep.run(body, prep=prep, check=check, iotype=["write", "flush"], mode="crash")
+    assert result.requests[3].operation == "write"  # power lost after the flush
+    assert seen == [
+        ("e0-none", b"\\0"),  # N=1: the log's write
+        ("e0-none", b"\\0"),  # N=2: its flush, not completed
+        ("e0-all", b"L"),
+        ("e0-all", b"L"),  # N=3: the image's write; the log is durable
+        (None, b"L"),
+    ]
+""",
+    )
+    result.assert_outcomes(passed=1)

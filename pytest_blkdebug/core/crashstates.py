@@ -129,12 +129,21 @@ class Crash:
 
     # -- images ------------------------------------------------------------------
 
-    def restore(self, directory: str | os.PathLike[str], *, temporary: bool = False) -> list[str]:
+    def restore(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        temporary: bool = False,
+        root: str | os.PathLike[str] | None = None,
+    ) -> list[str]:
         """Write every recorded file's crash image into ``directory`` under its
         own file name (files absent in this state are removed from there);
-        returns the paths written. Temporary files only with ``temporary``."""
+        returns the paths written. Temporary files only with ``temporary``.
+        With ``root``, a file under that directory keeps its place relative
+        to it (``root/data/x.db`` goes to ``directory/data/x.db``)."""
         folder = os.fspath(directory)
         os.makedirs(folder, exist_ok=True)
+        top = os.path.abspath(root) if root is not None else None
         plan = self.plan()
         names: dict[str, str] = {}
         written = []
@@ -142,11 +151,15 @@ class Crash:
             if content is not None and content[0].temporary and not temporary:
                 continue
             name = os.path.basename(path)
+            if top is not None and os.path.dirname(path).startswith(top + os.sep):
+                name = os.path.relpath(path, top)
             if names.setdefault(name, path) != path:
                 raise ValueError(
                     f"cannot restore {path} and {names[name]} into one directory: same name"
                 )
             target = os.path.join(folder, name)
+            if os.sep in name:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
             if content is None:
                 if os.path.lexists(target):
                     os.unlink(target)

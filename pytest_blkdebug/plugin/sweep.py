@@ -365,7 +365,7 @@ class Sweep:
             # touched through the engine are in no recording), then the
             # recorded files as the crash left them.
             copy_tree(spec.template, folder)
-            crash.restore(folder)
+            crash.restore(folder, root=where)
             image = folder / IMAGE
             engine = Engine(registry=EventRegistry(spec.registry.custom), seed=spec.seed)
             with Disk(image, engine=engine) as disk:
