@@ -58,3 +58,32 @@ def test_a_write_behind_the_engine_does_not_leak_into_the_next_state(tmp_path):
     assert crashes.by_id("e0-none").read() == bytes(4096)
     assert crashes.by_id("e0-all").read()[:512] == b"A" * 512
     disk.close()
+
+
+def test_a_state_failed_with_pytest_fail_is_counted_and_described(pytester):
+    """``pytest.fail()`` raises a BaseException: the state's subtest failed,
+    but the summary said "0 failed" and the report had no state description
+    nor rerun line."""
+    pytester.makepyfile(
+        """
+import pytest
+
+def test_log(blkdebug_disk, blkdebug_crash):
+    with blkdebug_disk.record() as run:
+        blkdebug_disk.write(0, b"A" * 512)
+        blkdebug_disk.flush()
+    for crash in blkdebug_crash.states(run):
+        with blkdebug_crash.check(crash), crash.open() as image:
+            if image.read(0, 1) != b"A":
+                pytest.fail("lost A")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        [
+            "*crash state e0-none: power lost at #2 flush of disk.img",
+            "*rerun it alone: pytest 'test_a_state_failed_with_pytest_fail_is_counted_and_described.py"
+            "::test_log' --blkdebug-crash=e0-none",
+            "*: 3 crash states, 2 distinct images, 2 checked, 1 failed (e0-none)",
+        ]
+    )

@@ -119,3 +119,31 @@ def test_it(blkdebug_sweep):
 """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_check_that_calls_pytest_fail_names_the_point(pytester: pytest.Pytester) -> None:
+    """``pytest.fail()`` in ``check`` is a BaseException: the failure lost
+    its "N=2: EIO injected into ..." message."""
+    result = run(
+        pytester,
+        """
+import pytest
+
+def test_it(blkdebug_sweep):
+    def body(disk):
+        disk.write(0, b"x" * 512)
+        disk.write(512, b"x" * 512)
+
+    def check(disk, outcome):
+        if outcome.n == 2:
+            pytest.fail("bad at two")
+
+    blkdebug_sweep.run(body, check=check, iotype="write")
+""",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*SweepFailure: N=2: EIO injected into write of 512 bytes at offset 512; "
+            "body raised it; check failed: Failed: bad at two"
+        ]
+    )

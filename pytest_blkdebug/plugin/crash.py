@@ -46,6 +46,8 @@ CRASH_HELP = (
     "the id a failing state's report names"
 )
 PROPERTY = "blkdebug.crash"
+#: What fails a state: an exception, or ``pytest.fail()`` (a BaseException).
+FAILURES = (Exception, pytest.fail.Exception)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -129,14 +131,14 @@ class CrashCheck:
         if self.subtests is None:  # pytest < 9: collect, fail once at the end
             try:
                 yield
-            except Exception as exc:
+            except FAILURES as exc:
                 self._failed(crash, exc)
                 self._collected.append((crash, exc))
             return
         with self.subtests.test(msg=crash.id):
             try:
                 yield
-            except Exception as exc:
+            except FAILURES as exc:
                 self._failed(crash, exc)
                 raise
 

@@ -340,7 +340,7 @@ class Sweep:
         __tracebackhide__ = True
         try:
             check(disk, outcome)
-        except Exception as exc:
+        except (Exception, pytest.fail.Exception) as exc:  # pytest.fail() too
             raise SweepFailure(failure_message(n, outcome, rule, exc)) from exc
 
     def _check_crashes(
