@@ -62,6 +62,9 @@ disk refuses it, saying why): tests/test_rules_hardening.py::test_an_id_shared_b
 blkdebug-io requests ending past 2**63 - 1 (EIO as qemu-io says, not a
 traceback): tests/test_cli.py::test_command_language_matches_qemu_io[int64 end].
 
+An IPv6 export's qemu-legacy address (``nbd:[::1]:PORT``, was unparsable):
+  tests/test_hostile_nbd.py::test_qemu_legacy_address_of_an_ipv6_export_brackets_the_host.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.

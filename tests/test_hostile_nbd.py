@@ -261,3 +261,28 @@ def test_blkdebug_nbd_warns_once_beyond_loopback(tmp_path: Path, where: str, war
     assert err.count("beyond loopback") == (1 if warns else 0), err
     if warns:
         assert err.startswith("blkdebug-nbd: warning: NBD export listening on 0.0.0.0"), err
+
+
+def test_qemu_legacy_address_of_an_ipv6_export_brackets_the_host(disk: bd.Disk) -> None:
+    """``url_for("qemu-legacy")`` gave ``nbd:::1:PORT`` for an IPv6 host, which
+    qemu cannot parse (``address resolution failed for ::1:PORT``); qemu's
+    legacy syntax wants ``nbd:[::1]:PORT``, as the URI brackets it."""
+    import shutil
+    import subprocess
+
+    try:
+        export = disk.serve_nbd(tcp=True, host="::1", name="e")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with export:
+        legacy = export.url_for("qemu-legacy")
+        assert legacy == f"nbd:[::1]:{export.port}:exportname=e"
+        if shutil.which("qemu-io"):
+            proc = subprocess.run(
+                ["qemu-io", "-f", "raw", "-c", "length", legacy],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert (proc.returncode, proc.stdout.strip()) == (0, "1 MiB"), proc.stderr

@@ -206,7 +206,8 @@ class NBDExport:
             tail = f":exportname={self.name}" if self.name else ""
             if self.socket is not None:
                 return f"nbd:unix:{self.socket}{tail}"
-            return f"nbd:{self.host}:{self.port}{tail}"
+            host = f"[{self.host}]" if self.host and ":" in self.host else self.host  # IPv6
+            return f"nbd:{host}:{self.port}{tail}"
         raise ValueError(
             f"url_for: unknown client {client!r} (use 'qemu', 'libnbd', 'uri' or 'qemu-legacy')"
         )
