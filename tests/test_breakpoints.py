@@ -371,3 +371,29 @@ def test_a_write_given_up_before_pwritev_raises_no_pwritev_done(tmp_path, how):
     assert disk.engine.pending_breakpoints == [("pwritev_done", "B")]
     assert not disk.dirty and disk.read(0, 512) == bytes(512)
     disk.close()
+
+
+def test_a_write_cancelled_in_its_delay_ends_cancelled_at_once(tmp_path):
+    """A write cancelled while it waited out an injected delay went on to
+    raise pwritev_done: a breakpoint there held the cancelled task until
+    hold_timeout, so ``asyncio.wait_for(..., 0.2)`` ended after the hold
+    timeout with BreakpointTimeout, not TimeoutError. Cancelling abandons the
+    request where it waits: nothing after that wait happens."""
+    rules = [
+        InjectError("write_aio", errno=0, delay=30, name="slow"),
+        SetState("pwritev_done", 7, name="done"),
+    ]
+    disk = make_disk(tmp_path, rules, hold_timeout=30)
+
+    async def scenario():
+        disk.break_on("pwritev_done", "B")
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(disk.aio.write(0, b"x" * 512), 0.2)
+        return asyncio.get_running_loop().time() - start
+
+    assert asyncio.run(scenario()) < 5
+    assert disk.state == 1 and disk.rule("done").hits == 0
+    assert disk.engine.pending_breakpoints == [("pwritev_done", "B")]
+    assert disk.read(0, 512) == bytes(512)
+    disk.close()

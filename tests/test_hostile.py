@@ -87,6 +87,9 @@ test_diskfile_readinto_a_read_only_buffer_fails_before_the_read.
 A write cancelled (or timed out) while held at ``write_aio`` raised
 ``pwritev_done`` and could be held again there:
 tests/test_breakpoints.py::test_a_write_given_up_before_pwritev_raises_no_pwritev_done.
+A write cancelled during its injected delay was held again at a
+``pwritev_done`` breakpoint (``wait_for`` took the hold timeout):
+tests/test_breakpoints.py::test_a_write_cancelled_in_its_delay_ends_cancelled_at_once.
 Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
 (test_interrupt_with_a_suspended_request_prints_no_traceback) and
 tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).

@@ -399,7 +399,9 @@ def _store(
     not. A request given up before it was decided (cancelled or timed out
     at a breakpoint of its events before) raises no events after: QEMU
     raises pwritev_done only for a request that reached pwritev. A request
-    its driver drops (``close()`` of the generator) raises nothing more."""
+    its driver abandons (a cancelled task, an interrupt: a BaseException
+    that is no Exception) or drops (``close()`` of the generator) ends where
+    it waited: no events after, so no breakpoint can hold it again."""
     __tracebackhide__ = True
     reached = False
     try:
@@ -416,13 +418,17 @@ def _store(
             store_zeroes(disk, op, offset, length, unmap, decision)
     except GeneratorExit:
         raise
-    except BaseException:
+    except Exception:  # the request failed
         if not reached:
             raise
         try:
             if _watched(disk, op.after):
                 yield from events_after(disk, op)
         finally:
+            durability(disk)
+        raise
+    except BaseException:  # abandoned by its driver: it ends here
+        if reached:
             durability(disk)
         raise
     try:
