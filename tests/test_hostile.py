@@ -54,7 +54,8 @@ Power loss and sweeps (recordings, crash copies, bodies that exit):
   tests/test_sweep_hardening.py (test_a_body_that_exits_at_one_point_does_not_end_the_sweep,
   test_crash_mode_images_keep_the_files_prep_left,
   test_crash_mode_keeps_a_file_in_a_subdirectory_in_its_place,
-  test_a_check_that_calls_pytest_fail_names_the_point).
+  test_a_check_that_calls_pytest_fail_names_the_point,
+  test_a_delay_sweeps_and_a_rule_that_cannot_reach_a_point_is_refused).
 
 An ini file whose [inject-error] and [set-state] share an id (valid in QEMU; a
 disk refuses it, saying why): tests/test_rules_hardening.py::test_an_id_shared_by_both_ini_kinds_is_refused_saying_why.

@@ -147,3 +147,41 @@ def test_it(blkdebug_sweep):
             "body raised it; check failed: Failed: bad at two"
         ]
     )
+
+
+def test_a_delay_sweeps_and_a_rule_that_cannot_reach_a_point_is_refused(
+    pytester: pytest.Pytester,
+) -> None:
+    """``errno=0, delay=...`` delayed the Nth request but the sweep counted it
+    as not reached: "0 points, 1 runs" and a pass. ``errno=0`` alone (also
+    in crash mode) never reaches a point, and ``probability=0.5`` let the
+    Nth request pass at random, ending the sweep early ("9 points" for 10
+    writes): each passed, having swept nothing or not everything."""
+    result = run(
+        pytester,
+        """
+import pytest
+from pytest_blkdebug.core.errors import RuleError
+
+def body(disk):
+    for i in range(10):
+        disk.write(i * 512, b"x" * 512)
+
+def test_delay(blkdebug_sweep):
+    result = blkdebug_sweep.run(body, iotype="write", errno=0, delay=0.001)
+    assert result.points == 10
+
+@pytest.mark.parametrize(
+    ("rule", "what"),
+    [
+        (dict(errno=0), "errno=0 with no delay or lie"),
+        (dict(errno=0, mode="crash"), "errno=0 with no delay or lie"),
+        (dict(probability=0.5), "probability=0.5 would let"),
+    ],
+)
+def test_refused(blkdebug_sweep, rule, what):
+    with pytest.raises(RuleError, match=what):
+        blkdebug_sweep.run(body, iotype="write", **rule)
+""",
+    )
+    result.assert_outcomes(passed=4)

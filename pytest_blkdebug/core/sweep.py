@@ -165,12 +165,25 @@ def make_rule(rule: dict[str, Any], n: int, persist: bool) -> InjectError:
     if not persist:
         attrs["count"] = 1
     try:
-        return InjectError(**attrs)
+        made = InjectError(**attrs)
     except TypeError as exc:
         allowed = ", ".join(
             f for f in InjectError.__dataclass_fields__ if f not in ("name", "after", "count")
         )
         raise RuleError(f"blkdebug_sweep: {exc} (rule attributes: {allowed}, persist)") from None
+    # A rule that may let the Nth request pass would end the sweep there,
+    # its later points never run and never counted.
+    if made.probability != 1:
+        raise RuleError(
+            f"blkdebug_sweep: probability={made.probability} would let point N's request "
+            "pass at random, ending the sweep there (a sweep fails exactly the Nth request)"
+        )
+    if not (made.errno or made.delay or made.delay_jitter or made.lie):
+        raise RuleError(
+            "blkdebug_sweep: errno=0 with no delay or lie does nothing to a request: "
+            "no point would ever be reached"
+        )
+    return made
 
 
 class PointEngine(Engine):
@@ -201,9 +214,14 @@ class PointEngine(Engine):
 
 def effective(decision: Decision) -> bool:
     """Whether the decision does something to the request (a rule that
-    matched and let it through, ``errno=0`` with no effect, does not)."""
+    matched and let it through, ``errno=0`` with no effect, does not; a
+    delay does)."""
     return bool(
-        decision.errno or decision.corrupt or decision.lost or decision.misdirect is not None
+        decision.errno
+        or decision.corrupt
+        or decision.lost
+        or decision.misdirect is not None
+        or decision.delay
     )
 
 
