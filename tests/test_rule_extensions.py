@@ -8,13 +8,14 @@ import errno
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_blkdebug import Disk, Engine, InjectError
 from pytest_blkdebug.core.decision import Decision
 from pytest_blkdebug.core.errors import InjectedError, RuleError
-from pytest_blkdebug.core.events import FLUSH, READ, WRITE, WRITE_ZEROES
+from pytest_blkdebug.core.events import FLUSH, READ, WRITE, WRITE_ZEROES, EventRegistry
 from pytest_blkdebug.core.rules import BadSector, SetState, make_rule
 
 
@@ -328,3 +329,21 @@ def test_a_delay_only_rule_does_not_hide_a_bad_sector(tmp_path: Path) -> None:
         assert info.value.rule == "dust" and info.value.errno == errno.EIO
         assert disk.rule("slow").hits == 1 and disk.rule("dust").hits == 1
         assert disk.engine.injected_delay == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: Disk.create(tmp / "e.img", 4096, events="journal_commit"),
+        lambda tmp: Disk.create(tmp / "e.img", 4096, engine=Engine(), events="journal_commit"),
+        lambda tmp: Engine(events="journal_commit"),
+        lambda tmp: EventRegistry("journal_commit"),
+    ],
+)
+def test_events_given_as_one_string_are_refused_not_split_into_letters(
+    tmp_path: Path, make: Any
+) -> None:
+    """``events="journal_commit"`` registered twelve one-letter events, and
+    the name itself then was an "unknown event"."""
+    with pytest.raises(TypeError, match=r"events=\['journal_commit'\]"):
+        make(tmp_path)

@@ -21,7 +21,7 @@ from ..nbd.server import DEFAULT_MAX_CONNECTIONS, NBDExport
 from . import path as request_path
 from .backend import DiskBackend
 from .engine import Engine, Hold, RuleStatus, RuleView, StateChange, TraceEntry
-from .events import EventRegistry
+from .events import EventRegistry, register_events
 from .image import Extent, Image, copy_sparse, extents
 from .limits import MAX_OFFSET, check_timeout
 from .path import OnHold, Request, run
@@ -88,8 +88,7 @@ class Disk:
             if engine is None:
                 engine = Engine(rules, events=events, seed=seed)
             else:
-                for name in events:
-                    engine.registry.register(name)
+                register_events(engine, events)
                 engine.add_rules(rules)
         except BaseException:
             self.image.close()

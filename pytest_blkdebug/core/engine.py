@@ -51,7 +51,7 @@ from .badsectors import BadMap
 from .breakpoints import Breakpoints, Observer, Suspension
 from .decision import Decision
 from .errors import RuleError
-from .events import READ, EventRegistry
+from .events import READ, EventRegistry, register_events
 from .hold import Hold
 from .rules import BadSector, InjectError, Rule, SetState, rule_name
 from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry
@@ -166,8 +166,7 @@ class Engine(Breakpoints):
         #: ``delay_jitter``, corruption): the same seed, the same decisions.
         self.seed: int = seed
         self.registry = registry if registry is not None else EventRegistry()
-        for name in events:
-            self.registry.register(name)
+        register_events(self.registry, events)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._state = 1

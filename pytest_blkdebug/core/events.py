@@ -106,8 +106,7 @@ class EventRegistry:
 
     def __init__(self, custom: Iterable[str] = ()) -> None:
         self._custom: dict[str, None] = {}
-        for name in custom:
-            self.register(name)
+        register_events(self, custom)
 
     def register(self, name: str) -> str:
         """Accept ``name`` as an event; registering a name twice is harmless."""
@@ -145,6 +144,8 @@ def register_events(target: object, names: Iterable[str]) -> tuple[str, ...]:
     registry = getattr(target, "registry", target)
     if not isinstance(registry, EventRegistry):
         raise TypeError(f"expected an EventRegistry, Engine or Disk, not {target!r}")
+    if isinstance(names, str):  # would register each of its letters
+        raise TypeError(f"events must be a list of names, not a string: events=[{names!r}]")
     names = tuple(names)
     for name in names:
         registry.register(name)
