@@ -87,3 +87,16 @@ def test_log(blkdebug_disk, blkdebug_crash):
             "*: 3 crash states, 2 distinct images, 2 checked, 1 failed (e0-none)",
         ]
     )
+
+
+def test_a_crash_image_knows_the_recorded_engines_custom_events(tmp_path):
+    """The code that ran on the disk runs on its crash image: an event it
+    raises (``disk.event("commit")``) was "unknown event" there."""
+    disk = Disk.create(tmp_path / "disk.img", 4096, events=["commit"])
+    with disk.record() as run:
+        disk.write(0, b"A" * 512)
+        disk.event("commit")
+    with run.crashes().by_id("e0-all").open(events=["extra"]) as image:
+        image.event("commit")
+        image.event("extra")
+    disk.close()

@@ -50,12 +50,14 @@ Power loss and sweeps (recordings, crash copies, bodies that exit):
   tests/test_crash_hardening.py (test_a_recycled_copy_is_not_reused_across_seeds,
   test_allocated_zeroes_past_the_file_end_grow_the_crash_image_too,
   test_a_write_behind_the_engine_does_not_leak_into_the_next_state,
-  test_a_state_failed_with_pytest_fail_is_counted_and_described);
+  test_a_state_failed_with_pytest_fail_is_counted_and_described,
+  test_a_crash_image_knows_the_recorded_engines_custom_events);
   tests/test_sweep_hardening.py (test_a_body_that_exits_at_one_point_does_not_end_the_sweep,
   test_crash_mode_images_keep_the_files_prep_left,
   test_crash_mode_keeps_a_file_in_a_subdirectory_in_its_place,
   test_a_check_that_calls_pytest_fail_names_the_point,
-  test_a_delay_sweeps_and_a_rule_that_cannot_reach_a_point_is_refused).
+  test_a_delay_sweeps_and_a_rule_that_cannot_reach_a_point_is_refused,
+  test_a_crash_mode_check_can_open_its_crash_state).
 
 An ini file whose [inject-error] and [set-state] share an id (valid in QEMU; a
 disk refuses it, saying why): tests/test_rules_hardening.py::test_an_id_shared_by_both_ini_kinds_is_refused_saying_why.

@@ -185,3 +185,26 @@ def test_refused(blkdebug_sweep, rule, what):
 """,
     )
     result.assert_outcomes(passed=4)
+
+
+def test_a_crash_mode_check_can_open_its_crash_state(pytester: pytest.Pytester) -> None:
+    """``outcome.crash.read()`` (or ``.open()``) in a crash-mode check failed
+    with a bare TypeError: the copy's engine was made as the point's engine
+    class, which takes the sweep's rule."""
+    result = run(
+        pytester,
+        """
+def test_it(blkdebug_sweep):
+    def body(disk):
+        disk.write(0, b"x" * 512)
+        disk.flush()
+
+    def check(disk, outcome):
+        if outcome.crash is not None:
+            assert outcome.crash.read() == disk.read(0, disk.size)
+
+    result = blkdebug_sweep.run(body, check=check, iotype=["write", "flush"], mode="crash")
+    assert result.images == 3
+""",
+    )
+    result.assert_outcomes(passed=1)

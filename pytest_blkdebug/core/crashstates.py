@@ -206,15 +206,19 @@ class Crash:
             raise RuntimeError("the recording saw no disk to open its crash images with")
         if "engine" in kwargs:
             return disk_type(target, on_close=_CrashCopy(target, keep, None, None), **kwargs)
-        # A fresh engine of the recorded one's class, its only recorder the
-        # tracker that tells whether the copy can be reused unchanged; the
+        # A fresh engine (the disk's own: the recorded engine may be one that
+        # only works where it was made, a sweep point's), knowing the recorded
+        # one's custom events so that the same code runs on the copy; its
+        # only recorder the tracker that tells whether the copy can be
+        # reused unchanged; the
         # stamp tells whether anything wrote the file behind the engine
         # (through ``fileno()``, or its path): any write moves its mtime.
         os.utime(target, ns=(_STAMP, _STAMP))
         tracker = _Modified()
+        events = (*self.recording.engine.registry.custom, *kwargs.pop("events", ()))
         crash_disk = disk_type(
             target,
-            engine=type(self.recording.engine)(),
+            events=events,
             on_close=_CrashCopy(target, keep, (pool, content, self.seed), tracker),
             **kwargs,
         )
