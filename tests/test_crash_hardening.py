@@ -100,3 +100,21 @@ def test_a_crash_image_knows_the_recorded_engines_custom_events(tmp_path):
         image.event("commit")
         image.event("extra")
     disk.close()
+
+
+def test_two_recordings_given_one_workdir_keep_their_own_snapshots(tmp_path):
+    """``record(workdir=...)`` twice with the same folder: the second
+    recording's base snapshot had the first's file name and replaced it,
+    so the first's states were built on the later image (its e0-none kept
+    the write it may lose)."""
+    disk = Disk.create(tmp_path / "disk.img", 4096)
+    work = tmp_path / "work"
+    with disk.record(workdir=work) as first:
+        disk.write(0, b"A" * 512)
+    disk.flush()
+    with disk.record(workdir=work) as second:
+        disk.write(512, b"B" * 512)
+    assert first.crashes().by_id("e0-none").read() == bytes(4096)
+    assert second.crashes().by_id("e0-none").read() == b"A" * 512 + bytes(3584)
+    assert os.path.dirname(first.workdir) == os.path.dirname(second.workdir) == str(work)
+    disk.close()

@@ -60,8 +60,9 @@ class Recording:
     """The write/flush log of every disk on one engine (see the module docstring).
 
     Use as ``with disk.record() as run: ...``; then ``run.crashes()``.
-    ``workdir`` holds the base snapshots and crash images (a temporary
-    directory removed with the recording by default). ``sector_size`` and
+    ``workdir`` holds the base snapshots and crash images, in a folder of the
+    recording's own (by default a temporary directory removed with the
+    recording); ``run.workdir`` is that folder. ``sector_size`` and
     ``atomic`` are the defaults for every file; :meth:`device` sets them per file.
     """
 
@@ -82,8 +83,11 @@ class Recording:
             self.workdir = tempfile.mkdtemp(prefix="blkdebug-crash-")
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.workdir, True)
         else:
-            self.workdir = os.fspath(workdir)
-            os.makedirs(self.workdir, exist_ok=True)
+            # A folder of its own in it: two recordings given one workdir
+            # must not share snapshot and copy names (the second's base
+            # snapshot replaced the first's).
+            os.makedirs(workdir, exist_ok=True)
+            self.workdir = tempfile.mkdtemp(prefix="recording-", dir=workdir)
         self._log: list[tuple[Any, ...]] = []
         self._append = self._log.append
         self._lock = threading.Lock()
