@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from pytest_blkdebug import Disk
 
 
@@ -117,4 +119,30 @@ def test_two_recordings_given_one_workdir_keep_their_own_snapshots(tmp_path):
     assert first.crashes().by_id("e0-none").read() == bytes(4096)
     assert second.crashes().by_id("e0-none").read() == b"A" * 512 + bytes(3584)
     assert os.path.dirname(first.workdir) == os.path.dirname(second.workdir) == str(work)
+    disk.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "kwargs", "name"),
+    [
+        ("record", {"sector_size": 512.0}, "sector_size"),
+        ("record", {"sector_size": True}, "sector_size"),  # was a 1-byte sector
+        ("record", {"atomic": 1024.0}, "atomic"),
+        ("device", {"sector_size": "512"}, "sector_size"),
+        ("crashes", {"max_states": 2.5}, "max_states"),
+        ("crashes", {"max_states": True}, "max_states"),
+        ("crashes", {"subset_limit": None}, "subset_limit"),
+    ],
+)
+def test_bad_geometry_and_limits_name_the_argument(tmp_path, where, kwargs, name):
+    """Floats, strings, None and bools were taken, then failed later with a
+    bare TypeError ("'float' object cannot be interpreted as an integer")
+    or, for True, cut every write at each byte."""
+    disk = Disk.create(tmp_path / "disk.img", 8192)
+    with pytest.raises(TypeError, match=f"^{name} must be an int, not "):
+        with disk.record(**(kwargs if where == "record" else {})) as run:
+            disk.write(100, b"A" * 1500)
+            if where == "device":
+                run.device(disk, **kwargs)
+        run.crashes(torn=True, **(kwargs if where == "crashes" else {}))
     disk.close()

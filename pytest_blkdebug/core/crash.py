@@ -350,6 +350,9 @@ def _nothing() -> None:
 
 
 def _check_geometry(sector_size: int, atomic: int | None) -> None:
+    for name, value in (("sector_size", sector_size), ("atomic", atomic)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int, not {value!r}")
     if sector_size <= 0:
         raise ValueError(f"sector_size must be positive, not {sector_size}")
     if atomic is not None and (atomic <= 0 or atomic % sector_size):

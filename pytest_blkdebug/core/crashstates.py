@@ -453,6 +453,9 @@ def build(
     subset_limit: int = 8,
 ) -> CrashList:
     """Every distinct crash state of ``recording`` (see the module docstring)."""
+    for name, value in (("max_states", max_states), ("subset_limit", subset_limit)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {value!r}")
     if max_states < 0 or subset_limit < 0:
         raise ValueError("max_states and subset_limit must not be negative")
     log = recording.log()
