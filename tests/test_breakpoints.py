@@ -397,3 +397,29 @@ def test_a_write_cancelled_in_its_delay_ends_cancelled_at_once(tmp_path):
     assert disk.engine.pending_breakpoints == [("pwritev_done", "B")]
     assert disk.read(0, 512) == bytes(512)
     disk.close()
+
+
+def test_is_suspended_is_not_fooled_by_a_resume_of_another_tag(tmp_path):
+    """``is_suspended`` walked the suspended list without the lock while
+    ``resume`` deletes from it in place: a resume of another tag at the
+    wrong moment made it skip a request that stayed suspended (a stress run
+    of 5 s saw 43 false answers). Here the resume happens at that moment."""
+    disk = make_disk(tmp_path)
+    disk.break_on("read_aio", "A")
+    box = in_thread(disk.read, 0, 512)
+    disk.wait_break("A", timeout=5)
+    engine = disk.engine
+
+    class ResumedMidWalk:
+        """An entry that another thread resumes as the walk reads it."""
+
+        @property
+        def tag(self):
+            engine._suspended.remove(self)
+            return "X"
+
+    engine._suspended.insert(0, ResumedMidWalk())
+    assert disk.is_suspended("A")
+    disk.resume("A")
+    assert finish(box) == bytes(512)
+    disk.close()

@@ -97,6 +97,8 @@ A write cancelled during its injected delay was held again at a
 tests/test_breakpoints.py::test_a_write_cancelled_in_its_delay_ends_cancelled_at_once.
 ``events="journal_commit"`` (a string, not a list) registered its letters:
 tests/test_rule_extensions.py::test_events_given_as_one_string_are_refused_not_split_into_letters.
+``is_suspended`` during another tag's resume (a false "no"):
+tests/test_breakpoints.py::test_is_suspended_is_not_fooled_by_a_resume_of_another_tag.
 Ctrl-C while a request is suspended: tests/test_plugin_hardening.py
 (test_interrupt_with_a_suspended_request_prints_no_traceback) and
 tests/test_cli.py (test_an_interrupted_script_closes_the_image_*).

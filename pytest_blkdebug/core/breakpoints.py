@@ -123,7 +123,11 @@ class Breakpoints:
             raise BreakpointError(f"Could not remove breakpoint {tag}: No such file or directory")
 
     def is_suspended(self, tag: str) -> bool:
-        return any(entry.tag == tag for entry in self._suspended)
+        """Whether a request is suspended under ``tag`` now. Without the lock
+        (``wait_break`` calls it holding it), so it walks a copy: ``resume``
+        deletes from the list in place, and a walk of the list itself could
+        skip an entry that stays."""
+        return any(entry.tag == tag for entry in list(self._suspended))
 
     @property
     def suspended(self) -> list[tuple[str, Hold]]:
