@@ -146,3 +146,18 @@ def test_bad_geometry_and_limits_name_the_argument(tmp_path, where, kwargs, name
                 run.device(disk, **kwargs)
         run.crashes(torn=True, **(kwargs if where == "crashes" else {}))
     disk.close()
+
+
+def test_a_mark_after_the_recording_or_not_a_str_is_refused(tmp_path):
+    """A mark made after the recording stopped was listed among the marks
+    "issued before" the end state's point; a non-str label broke every
+    report (``describe`` joins them) with a bare TypeError."""
+    disk = Disk.create(tmp_path / "disk.img", 4096)
+    with disk.record() as run:
+        disk.write(0, b"A" * 512)
+        with pytest.raises(TypeError, match="a mark's label is a str, not 3"):
+            run.mark(3)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="'late': the recording has stopped"):
+        run.mark("late")
+    assert all(crash.marks == () for crash in run.crashes())
+    disk.close()

@@ -169,6 +169,10 @@ class Recording:
 
         A crash lists the marks issued before its point (``marks``) and those
         followed by a completed flush (``durable_marks``)."""
+        if type(label) is not str:
+            raise TypeError(f"a mark's label is a str, not {label!r}")
+        if self._stopped:  # else listed as issued before the end of the recording
+            raise RuntimeError(f"mark {label!r}: the recording has stopped")
         self._append((_MARK, label))
 
     # -- hooks called by the request path and the adapters -----------------------
