@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RuleStatus:
     """A rule's counters as they were when read: ``armed`` (times activated),
-    ``hits`` (requests it failed or altered; events it fired on, for
+    ``hits`` (requests it decided: failed, delayed, altered or, with
+    ``errno=0``, let through; events it fired on, for
     set-state; reads failed, for bad-sector), ``consumed`` (a ``once`` or
     ``count`` rule used up, a bad-sector rule fully healed), ``active``
     (armed now; for bad-sector: sectors still bad) and ``skipped``
