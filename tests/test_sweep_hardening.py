@@ -208,3 +208,33 @@ def test_it(blkdebug_sweep):
 """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_an_async_body_or_check_is_refused(pytester: pytest.Pytester) -> None:
+    """An ``async def`` body was called and never awaited: no I/O, so no
+    point, "0 points, 1 runs" and a pass. The same for an async check given
+    to ``blkdebug_crash.run``: every state "passed" unchecked."""
+    result = run(
+        pytester,
+        """
+import pytest
+
+async def body(disk):
+    await disk.aio.write(0, b"x" * 512)
+
+def test_sweep(blkdebug_sweep):
+    with pytest.raises(TypeError, match="body is an async function"):
+        blkdebug_sweep.run(body, iotype="write")
+
+def test_crash(blkdebug_disk, blkdebug_crash):
+    with blkdebug_disk.record() as run:
+        blkdebug_disk.write(0, b"x" * 512)
+
+    async def check(crash):
+        assert False
+
+    with pytest.raises(TypeError, match="check is an async function"):
+        blkdebug_crash.run(run, check)
+""",
+    )
+    result.assert_outcomes(passed=2)

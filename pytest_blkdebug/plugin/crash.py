@@ -27,6 +27,7 @@ This module is a pytest plugin of its own, registered by the package's plugin mo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,6 +147,11 @@ class CrashCheck:
         self, run: Recording | CrashList, check: Callable[[Crash], object], **kwargs: Any
     ) -> CrashSummary:
         """``check(crash)`` for each of :meth:`states`, each a subtest."""
+        if inspect.iscoroutinefunction(check):  # it would check nothing, and pass
+            raise TypeError(
+                "blkdebug_crash.run: check is an async function; it is called and "
+                "not awaited (run it inside: asyncio.run(check(crash)))"
+            )
         for crash in self.states(run, **kwargs):
             with self.check(crash):
                 check(crash)

@@ -32,6 +32,7 @@ is ``core/sweep.py``; its public names are re-exported here.
 from __future__ import annotations
 
 import errno as errno_module
+import inspect
 import os
 import shutil
 from collections.abc import Generator, Iterable, Iterator
@@ -194,6 +195,12 @@ class Sweep:
         0). Under ``--blkdebug-no-rules`` no fault is injected: the sweep runs
         once.
         """
+        for name, function in (("body", body), ("prep", prep), ("check", check)):
+            if inspect.iscoroutinefunction(function):  # it would run nothing, and pass
+                raise TypeError(
+                    f"blkdebug_sweep: {name} is an async function; the sweep calls it "
+                    f"and does not await it (run it inside: asyncio.run({name}(...)))"
+                )
         if mode not in MODES:
             raise ValueError(
                 f"blkdebug_sweep: mode must be one of {', '.join(MODES)}, not {mode!r}"
