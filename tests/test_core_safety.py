@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 
 import pytest
@@ -539,3 +540,66 @@ def test_diskfile_readinto_a_read_only_buffer_fails_before_the_read(tmp_path):
             f.readinto(b"1234")
         assert disk.state == 1 and f.tell() == 0
         assert not disk.rule("once").consumed
+
+
+# -- writes landing while a flush is held or delayed --------------------------------------------
+
+
+def _flush_counters():
+    """A set-state rule counting flush_to_disk events, and a delaying
+    errno-0 rule (armed at open) counting the flushes that were checked."""
+    return [
+        SetState("flush_to_disk", 1, name="to-disk"),
+        InjectError("none", iotype="flush", errno=0, delay=0.3, name="checked"),
+    ]
+
+
+def test_a_write_during_a_held_flush_makes_the_next_flush_raise_flush_to_disk(tmp_path):
+    """The flush cleaned the disk after its hold, so a write landing while
+    it was held at flush_to_disk counted as flushed: the next flush raised
+    no flush_to_disk. QEMU's format node takes its write generation when the
+    flush starts, so the next flush raises flush_to_disk; blkdebug's node
+    takes its own after the events, so that flush is not checked again."""
+    with bd.Disk.create(tmp_path / "img", 8192, rules=_flush_counters()) as disk:
+        disk.write(0, b"early")
+        disk.break_on("flush_to_disk", "F")
+        flusher = threading.Thread(target=disk.flush)
+        flusher.start()
+        disk.wait_break("F", timeout=5)
+        disk.write(4096, b"late")  # lands while the flush is held
+        disk.resume("F")
+        flusher.join(10)
+        assert disk.dirty
+        disk.flush()
+        assert disk.rule("to-disk").hits == 2
+        assert disk.rule("checked").hits == 1
+        assert not disk.dirty
+
+
+@pytest.mark.parametrize("via", ["disk", "aio"])
+def test_a_write_during_a_delayed_flush_leaves_work_for_the_next_flush(tmp_path, via):
+    """A write landing during the flush's injected delay (after its check
+    began) counted as flushed: the next flush neither raised flush_to_disk
+    nor was checked. QEMU takes both write generations before the check."""
+    with bd.Disk.create(tmp_path / "img", 8192, rules=_flush_counters()) as disk:
+        disk.write(0, b"early")
+        if via == "disk":
+            flusher = threading.Thread(target=disk.flush)
+            flusher.start()
+            time.sleep(0.1)  # the flush is in its delay
+            disk.write(4096, b"late")
+            flusher.join(10)
+        else:
+
+            async def scenario():
+                flush = asyncio.create_task(disk.aio.flush())
+                await asyncio.sleep(0.1)
+                await disk.aio.write(4096, b"late")
+                await flush
+
+            asyncio.run(scenario())
+        assert disk.dirty
+        disk.flush()
+        assert disk.rule("to-disk").hits == 2
+        assert disk.rule("checked").hits == 2
+        assert not disk.dirty

@@ -38,6 +38,10 @@ disconnects mid-request: tests/test_nbd.py::test_disconnect_mid_request_and_whil
 A write that lands while a flush runs (its dirty mark must survive), a
 failed host sync: tests/test_core_safety.py::test_a_write_during_a_flush_keeps_the_disk_dirty,
 test_a_failed_host_sync_leaves_the_disk_dirty.
+A write that lands while a flush is held at ``flush_to_disk`` or waits out
+an injected delay: tests/test_core_safety.py::
+test_a_write_during_a_held_flush_makes_the_next_flush_raise_flush_to_disk,
+test_a_write_during_a_delayed_flush_leaves_work_for_the_next_flush.
 
 Close under load:
   threads writing through ``Disk`` while it closes, a request held at a

@@ -510,7 +510,13 @@ def block_status(disk: Disk, offset: int, length: int) -> Request[list[Extent]]:
 def flush(disk: Disk) -> Request[None]:
     """``flush_to_os``; if anything changed since the last good flush,
     ``flush_to_disk`` and the flush check; a failed flush stays dirty.
-    Recorders hear the flush begin (before its events) and end (ok or not)."""
+    Recorders hear the flush begin (before its events) and end (ok or not).
+
+    A flush covers what was written before it: as QEMU's nodes take their
+    write generation when their flush begins (the format node's before its
+    events, blkdebug's before its check), each dirty mark is taken then, so
+    a write that lands while the flush is held, delayed or syncing leaves
+    its mark for the next flush."""
     __tracebackhide__ = True
     image = disk.image
     if image.limit < 0:
@@ -518,30 +524,30 @@ def flush(disk: Disk) -> Request[None]:
     recorders = disk.engine.recorders
     tokens = [(r, r.on_flush_begin(disk)) for r in recorders] if recorders else []
     ok = False
+    event_dirty, image.dirty_event = image.dirty_event, False
     try:
         to_os, to_disk = FLUSH.before
         if to_os in disk.engine.live_events:
             yield from fire(disk, to_os, FLUSH.name)
-        if image.dirty_event and to_disk in disk.engine.live_events:
+        if event_dirty and to_disk in disk.engine.live_events:
             yield from fire(disk, to_disk, FLUSH.name)
-        if image.dirty_check:
-            decision = decide(disk.engine, FLUSH, 0, 0)
-            if decision is not None:
-                yield from effect(disk.engine, FLUSH, decision, 0, 0)
-            # Clean before the host flush, not after it: a write that lands
-            # while it runs (another thread, an NBD connection) marks the
-            # image again, so the next flush is not skipped.
-            image.dirty_event = image.dirty_check = False
+        check_dirty, image.dirty_check = image.dirty_check, False
+        if check_dirty:
             try:
+                decision = decide(disk.engine, FLUSH, 0, 0)
+                if decision is not None:
+                    yield from effect(disk.engine, FLUSH, decision, 0, 0)
                 yield HOST_IO
                 if disk.durable:
                     image.sync()
             except BaseException:
-                image.dirty_event = image.dirty_check = True  # a failed flush stays dirty
+                image.dirty_check = True  # a failed flush stays dirty
                 raise
-        else:
-            image.dirty_event = False  # flush_to_disk had its turn (an empty discard's mark)
         ok = True
+    except BaseException:
+        if event_dirty:
+            image.dirty_event = True
+        raise
     finally:
         for recorder, token in tokens:
             recorder.on_flush_end(disk, token, ok)
