@@ -76,6 +76,10 @@ traceback): tests/test_cli.py::test_command_language_matches_qemu_io[int64 end].
 An IPv6 export's qemu-legacy address (``nbd:[::1]:PORT``, was unparsable):
   tests/test_hostile_nbd.py::test_qemu_legacy_address_of_an_ipv6_export_brackets_the_host.
 
+Overlapping aio requests in blkdebug-io (the older write's data stayed, a read
+missed the write submitted before it): tests/test_qemuio_loop.py::test_a_poll_runs_host_io_oldest_first_and_completions_newest_first,
+test_overlapping_aio_requests_see_the_data_in_submission_order.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.

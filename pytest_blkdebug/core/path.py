@@ -27,7 +27,11 @@ What a generator yields (the driver's protocol):
 - a ``Hold``: wait until it is released; send back True, or False when the
   wait timed out (None counts as released);
 - ``HOST_IO``: the host I/O comes next. Blocking and asyncio drivers go on
-  at once; blkdebug-io parks the request here, as QEMU's thread pool does;
+  at once; blkdebug-io parks the request here, as QEMU's thread pool does.
+  A driver that sends True back (blkdebug-io) gets ``IO_DONE`` from a read
+  or a store once its host I/O is done, before the rest of the request
+  (events after, the result): QEMU's pool runs the I/O of the requests in
+  flight in the order they were submitted, and their completions later;
 - ``RESCHEDULE``: an injected error is about to be raised; asyncio yields
   to the loop once (QEMU's blkdebug reschedules its coroutine), unless the
   rule says ``immediately``;
@@ -67,6 +71,7 @@ __all__ = [
     "DISCARD",
     "FLUSH",
     "HOST_IO",
+    "IO_DONE",
     "OPERATIONS",
     "READ",
     "RESCHEDULE",
@@ -87,13 +92,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-#: What a request yields: a Hold, HOST_IO, RESCHEDULE, or a delay in seconds.
+#: What a request yields: a Hold, HOST_IO, IO_DONE, RESCHEDULE, or a delay in seconds.
 Wait = Hold | str | float
 #: A request: a generator of waits that returns the operation's result.
 Request = Generator[Wait, "bool | None", T]
 OnHold = Callable[[Hold], None]
 
 HOST_IO = "host-io"
+IO_DONE = "io-done"
 RESCHEDULE = "reschedule"
 
 
@@ -411,11 +417,13 @@ def _store(
         decision = decide(disk.engine, op, offset, length)
         if decision is not None:
             yield from effect(disk.engine, op, decision, offset, length)
-        yield HOST_IO
+        split = yield HOST_IO
         if data is not None:
             store_write(disk, offset, length, data, decision)
         else:
             store_zeroes(disk, op, offset, length, unmap, decision)
+        if split:
+            yield IO_DONE
     except GeneratorExit:
         raise
     except Exception:  # the request failed
@@ -447,8 +455,11 @@ def read(disk: Disk, offset: int, length: int) -> Request[bytes]:
     decision = decide(disk.engine, READ, offset, length)
     if decision is not None:
         yield from effect(disk.engine, READ, decision, offset, length)
-    yield HOST_IO
-    return load(disk, offset, length, decision)
+    split = yield HOST_IO
+    data = load(disk, offset, length, decision)
+    if split:
+        yield IO_DONE
+    return data
 
 
 def write(disk: Disk, offset: int, data: bytes | bytearray | memoryview) -> Request[None]:

@@ -24,15 +24,21 @@ blkdebug over a file; tests/test_aio_conformance.py holds the scripts):
 ``aio_read``/``aio_write``, ``break``, ``resume``, ``remove_break`` and
 ``length`` do not poll. ``resume``/``remove_break`` run the resumed request
 on inside the command, up to its next wait (or its end). Within one poll,
-rescheduled requests go on first, oldest first, then the host I/O
-completions, newest first (QEMU's thread pool lists its requests newest
+rescheduled requests go on first, oldest first; then the host I/O of the
+requests parked at it, oldest first (QEMU's thread pool queues its work in
+the order it was submitted: of two overlapping writes in flight, the later
+one's data stays, and a read sees the writes submitted before it); then
+their completions, newest first (the pool lists finished requests newest
 first).
 
 Requests are generators (``operation``) that yield where they wait: a
 ``Hold`` (breakpoint), ``HOST_IO`` (their host I/O is next), ``RESCHEDULE``
 (an injected error's yield to the loop) or a number of seconds (a delay
 rule, an extension: a timer). ``EventLoop`` parks each at its yield and
-steps it on when qemu-io would.
+steps it on when qemu-io would. A request started with ``split=True`` (the
+session's, from core/path) is sent True at ``HOST_IO`` and stops again at
+``IO_DONE`` after its host I/O, so a poll runs every I/O before any
+completion.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from typing import Any
 from ..core import path
 from ..core.disk import Disk
 from ..core.hold import Hold
-from ..core.path import HOST_IO, RESCHEDULE, Wait
+from ..core.path import HOST_IO, IO_DONE, RESCHEDULE, Wait
 
 Operation = path.Request[Any]
 
@@ -82,11 +88,12 @@ Finish = Callable[[Any, "OSError | None"], None]
 class _Request:
     """One request in flight: its generator, where it waits, what to do at its end."""
 
-    __slots__ = ("gen", "finish", "waiting", "ticket", "wake", "done")
+    __slots__ = ("gen", "finish", "split", "waiting", "ticket", "wake", "done")
 
-    def __init__(self, gen: Operation, finish: Finish) -> None:
+    def __init__(self, gen: Operation, finish: Finish, split: bool) -> None:
         self.gen = gen
         self.finish = finish
+        self.split = split  # stops at IO_DONE when sent True at HOST_IO
         self.waiting: Wait | None = None
         self.ticket = 0  # when it parked: orders the completions of a poll
         self.wake = 0.0  # when a delay it waits for is over (time.monotonic)
@@ -106,22 +113,27 @@ class EventLoop:
         self.requests: list[_Request] = []
         self._tickets = 0
 
-    def start(self, gen: Operation, finish: Finish) -> _Request:
-        """Run a new request up to its first wait (or its end)."""
-        request = _Request(gen, finish)
+    def start(self, gen: Operation, finish: Finish, *, split: bool = False) -> _Request:
+        """Run a new request up to its first wait (or its end). ``split``:
+        ``gen`` is one of core/path's requests, which stop at ``IO_DONE``
+        after their host I/O when sent True at ``HOST_IO``."""
+        request = _Request(gen, finish, split)
         self.requests.append(request)
         self._step(request)
         return request
 
-    def _step(self, request: _Request) -> None:
+    def _step(self, request: _Request, value: bool | None = None) -> None:
         request.waiting = None
         try:
-            waiting = request.gen.send(None)
+            waiting = request.gen.send(value)
         except StopIteration as stop:
             self._end(request, stop.value, None)
         except OSError as exc:
             self._end(request, None, exc)
         else:
+            if waiting == IO_DONE:  # its completion keeps its place in the pool
+                request.waiting = waiting
+                return
             self._tickets += 1
             request.ticket = self._tickets
             if isinstance(waiting, Hold):
@@ -149,25 +161,38 @@ class EventLoop:
     def poll(self, last: _Request | None = None) -> bool:
         """One turn of the loop; False when nothing could progress.
 
-        Rescheduled requests first (oldest first), then host I/O completions
-        (newest first), then the delays that are due; ``last``, a
-        synchronous request, goes on after the others, whose host I/O
-        started before its own.
+        Rescheduled requests first (oldest first); then the host I/O of the
+        requests parked at it (oldest first: the order they were submitted
+        in), then their completions (newest first); then the delays that
+        are due; ``last``, a synchronous request, goes on after the others,
+        whose host I/O started before its own.
         """
         now = time.monotonic()
         others = [r for r in self.requests if r is not last]
         ready = sorted((r for r in others if r.waiting == RESCHEDULE), key=lambda r: r.ticket)
-        ready += sorted((r for r in others if r.waiting == HOST_IO), key=lambda r: -r.ticket)
-        ready += sorted(
+        io = [r for r in others if r.waiting == HOST_IO]
+        timers = sorted(
             (r for r in others if isinstance(r.waiting, float) and r.wake <= now),
             key=lambda r: r.wake,
         )
-        if last is not None and self._due(last, now):
-            ready.append(last)
+        due_last = last is not None and self._due(last, now)
         for request in ready:
+            if not request.done and request.waiting == RESCHEDULE:
+                self._step(request)
+        for request in sorted((r for r in io if r.split), key=lambda r: r.ticket):
+            if not request.done and request.waiting == HOST_IO:
+                self._step(request, True)  # its host I/O; it stops at IO_DONE
+        if due_last and last is not None and last.split and last.waiting == HOST_IO:
+            self._step(last, True)
+        for request in sorted(io, key=lambda r: -r.ticket):
+            if not request.done and request.waiting in (HOST_IO, IO_DONE):
+                self._step(request)  # its completion
+        for request in timers:
             if not request.done and self._due(request, now):
                 self._step(request)
-        return bool(ready)
+        if due_last and last is not None and not last.done and self._due(last, now):
+            self._step(last)
+        return bool(ready or io or timers or due_last)
 
     @staticmethod
     def _due(request: _Request, now: float) -> bool:

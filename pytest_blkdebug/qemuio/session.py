@@ -162,7 +162,7 @@ class Session:
         def finish(value: Any, error: OSError | None) -> None:
             outcome[:] = [value, error]
 
-        request = self.loop.start(operation(self.disk, method, *args), finish)
+        request = self.loop.start(operation(self.disk, method, *args), finish, split=True)
         what = "write -z" if method == "write_zeroes" else method
         self.loop.poll_until(
             lambda: request.done,
@@ -262,7 +262,7 @@ class Session:
         if self._outside(a.offset, a.length):
             finish(None, OSError(errno.EIO, os.strerror(errno.EIO)))
         else:
-            self.loop.start(operation(self.disk, "read", a.offset, a.length), finish)
+            self.loop.start(operation(self.disk, "read", a.offset, a.length), finish, split=True)
         return 0
 
     def cmd_aio_write(self, spec: Spec, argv: list[str]) -> int:
@@ -278,10 +278,12 @@ class Session:
         if self._outside(a.offset, a.length):
             finish(None, OSError(errno.EIO, os.strerror(errno.EIO)))
         elif a.zero:
-            self.loop.start(operation(self.disk, "write_zeroes", a.offset, a.length), finish)
+            self.loop.start(
+                operation(self.disk, "write_zeroes", a.offset, a.length), finish, split=True
+            )
         else:
             data = bytes([a.pattern or 0]) * a.length
-            self.loop.start(operation(self.disk, "write", a.offset, data), finish)
+            self.loop.start(operation(self.disk, "write", a.offset, data), finish, split=True)
         return 0
 
     def cmd_aio_flush(self, spec: Spec, argv: list[str]) -> int:
