@@ -19,12 +19,13 @@ engine first disagreed with qemu-io; each also asks qemu-io.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import re
 from pathlib import Path
 
 import conformance_gen as cg
-from qemu_helpers import requires_qemu_io
+from qemu_helpers import requires_qemu_io, run_qemu_io
 
 import pytest_blkdebug as bd
 
@@ -135,3 +136,39 @@ def test_write_held_at_pwritev_done_has_not_dirtied_the_disk_yet(tmp_path: Path)
         lines[1] == "read 512/512 bytes at offset 0"
         and lines[-1] == "read failed: Input/output error"
     ), lines
+
+
+READ_ONLY_FLUSH_RULES = """\
+[set-state]
+event = "flush_to_os"
+state = "1"
+new_state = "2"
+
+[inject-error]
+event = "none"
+iotype = "flush"
+errno = "5"
+
+[inject-error]
+event = "read_aio"
+state = "2"
+errno = "5"
+"""
+
+
+def test_a_flush_of_a_read_only_disk_raises_no_event_and_is_not_checked(tmp_path: Path) -> None:
+    """QEMU ends the flush of a read-only node at once (``bdrv_co_flush``'s
+    early exit): no flush_to_os, no check. Ours raised flush_to_os (a
+    set-state rule on it fired) on a ``readonly=True`` disk."""
+    (tmp_path / "ro.ini").write_text(READ_ONLY_FLUSH_RULES)
+    bd.Disk.create(tmp_path / "ro.raw", 4096).close()
+    theirs = run_qemu_io(
+        ["-r", "-f", "raw", "-c", "flush", "-c", "read 0 512", "blkdebug:ro.ini:ro.raw"],
+        cwd=tmp_path,
+    )
+    assert "flush failed" not in theirs.stdout and "read 512/512" in theirs.stdout
+    rules = bd.load_rules(tmp_path / "ro.ini")
+    with bd.Disk.open(tmp_path / "ro.raw", readonly=True, rules=rules) as disk:
+        disk.flush()
+        asyncio.run(disk.aio.flush())
+        assert disk.state == 1 and disk.read(0, 512) == bytes(512)

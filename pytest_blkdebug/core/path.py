@@ -527,11 +527,14 @@ def flush(disk: Disk) -> Request[None]:
     write generation when their flush begins (the format node's before its
     events, blkdebug's before its check), each dirty mark is taken then, so
     a write that lands while the flush is held, delayed or syncing leaves
-    its mark for the next flush."""
+    its mark for the next flush. A read-only disk's flush does nothing, as
+    QEMU's."""
     __tracebackhide__ = True
     image = disk.image
     if image.limit < 0:
         raise image.closed_error()
+    if image.readonly:
+        return  # QEMU's flush of a read-only node ends at once: no event, no check
     recorders = disk.engine.recorders
     tokens = [(r, r.on_flush_begin(disk)) for r in recorders] if recorders else []
     ok = False
