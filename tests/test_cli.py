@@ -532,6 +532,34 @@ def test_a_script_qemu_io_would_hang_on_stops_with_an_error(
     assert "Resuming" not in out  # nothing was resumed behind the user's back
 
 
+@pytest.mark.parametrize(
+    ("commands", "hangs"),
+    [
+        (["break flush_to_os A"], True),
+        (["write 0 512", "break flush_to_disk A"], True),
+        (["discard 0 0", "break flush_to_disk A"], True),  # an empty discard dirties too
+        (["break flush_to_disk A"], False),  # nothing to flush: no flush_to_disk
+        (["write 0 512", "flush", "break flush_to_disk A"], False),
+        (["break read_aio A"], False),
+    ],
+)
+def test_a_breakpoint_on_the_flush_qemu_io_does_when_it_exits_is_an_error(
+    image: Path, commands: list[str], hangs: bool
+) -> None:
+    """qemu-io flushes the image when it exits; a breakpoint still pending on
+    flush_to_os (or flush_to_disk, with a write since the last flush) holds
+    that flush and qemu-io hangs there (seen with qemu-io 7.2 for each case
+    marked so). blkdebug-io ended with status 0 as if all was well."""
+    args = [a for c in commands for a in ("-c", c)]
+    status, _, err = run([*args, "blkdebug::img.raw"])
+    if hangs:
+        assert status == 1
+        assert "qemu-io flushes the image when it exits, and breakpoint 'A' on flush_to_" in err
+        assert "qemu-io would wait forever here" in err
+    else:
+        assert (status, err) == (0, "")
+
+
 def test_the_image_is_closed_and_unchanged_after_a_stopped_script(image: Path) -> None:
     before = image.read_bytes()
     run(["-c", "break write_aio A", "-c", "aio_write -P 1 0 512", "blkdebug::img.raw"])

@@ -103,6 +103,7 @@ class Session:
                 lambda: not self.loop.requests,
                 "requests are still suspended at the end of the script",
             )
+            self._check_exit_flush()
         except Hang as hang:
             print(
                 f"{PROG}: {hang}; suspended: {self._suspended_text()}; qemu-io would "
@@ -112,6 +113,24 @@ class Session:
             self.failed = True
             self.loop.cancel()
         return 1 if self.failed else 0
+
+    def _check_exit_flush(self) -> None:
+        """qemu-io flushes the image when it exits (``flush_to_os``, and
+        ``flush_to_disk`` if a write came after the last flush): a breakpoint
+        still pending on one of them holds that flush, and qemu-io forever."""
+        events = (
+            ("flush_to_os", "flush_to_disk") if self.disk.image.dirty_event else ("flush_to_os",)
+        )
+        tags = [
+            f"'{tag}' on {event}"
+            for event, tag in self.disk.engine.pending_breakpoints
+            if event in events
+        ]
+        if tags:
+            raise Hang(
+                f"qemu-io flushes the image when it exits, and breakpoint {', '.join(tags)} "
+                "would hold that flush"
+            )
 
     def command(self, line: str) -> int:
         argv = breakline(line)
