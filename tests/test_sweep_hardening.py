@@ -238,3 +238,34 @@ def test_crash(blkdebug_disk, blkdebug_crash):
 """,
     )
     result.assert_outcomes(passed=2)
+
+
+def test_a_crash_mode_failure_report_shows_the_points_rule_and_trace(
+    pytester: pytest.Pytester,
+) -> None:
+    """docs/sweeps.md: the ``blkdebug sweep N=<n>`` section has that point's
+    rule and trace. In crash mode it showed the crash image's fresh disk
+    instead: "rules: none", "trace: empty"."""
+    result = run(
+        pytester,
+        """
+def test_it(blkdebug_sweep):
+    def body(disk):
+        disk.write(0, b"x" * 512)
+        disk.flush()
+
+    def check(disk, outcome):
+        assert disk.read(0, 1) == b"x"
+
+    blkdebug_sweep.run(body, check=check, iotype=["write", "flush"], mode="crash")
+""",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*- blkdebug sweep N=2 -*",
+            "crash state e0-none: power lost at #3 end of the recording",
+            "*sweep  inject-error  none   errno=EIO once iotype=write,flush after=1*",
+            "*flush  *EIO 'Input/output error' by rule 'sweep'*",
+        ]
+    )
+    assert "trace: empty" not in result.stdout.str()

@@ -320,7 +320,7 @@ class Sweep:
                     ) from error
                 if recording is not None and reached:
                     self._check_crashes(
-                        n, spec, where, recording, outcome, engine.sweep_rule, result
+                        n, spec, where, recording, outcome, engine.sweep_rule, result, disk
                     )
                 elif spec.check is not None:
                     self._check(n, spec.check, disk, outcome, engine.sweep_rule)
@@ -359,8 +359,11 @@ class Sweep:
         outcome: SweepOutcome,
         rule: InjectError | None,
         result: SweepResult,
+        point_disk: Disk,
     ) -> None:
-        """Check each crash image the power loss at point N can leave."""
+        """Check each crash image the power loss at point N can leave (a
+        failure's report shows the point's disk: the sweep's rule and what
+        the body did, after the crash state's description)."""
         __tracebackhide__ = True
         states = crash_states(recording, spec.seed, spec.crash_states)
         outcome.crashes = len(states)
@@ -377,7 +380,7 @@ class Sweep:
             engine = Engine(registry=EventRegistry(spec.registry.custom), seed=spec.seed)
             with Disk(image, engine=engine) as disk:
                 outcome.crash = crash
-                self.item.stash[_POINT] = _Point(n, disk, self._rerun(n), crash)
+                self.item.stash[_POINT] = _Point(n, point_disk, self._rerun(n), crash)
                 if spec.check is not None:
                     self._check(n, spec.check, disk, outcome, rule)
             shutil.rmtree(folder, ignore_errors=True)
