@@ -62,12 +62,14 @@ def test_a_write_behind_the_engine_does_not_leak_into_the_next_state(tmp_path):
     disk.close()
 
 
-def test_a_state_failed_with_pytest_fail_is_counted_and_described(pytester):
-    """``pytest.fail()`` raises a BaseException: the state's subtest failed,
-    but the summary said "0 failed" and the report had no state description
-    nor rerun line."""
+@pytest.mark.parametrize("fail", ['pytest.fail("lost A")', 'sys.exit("lost A")'])
+def test_a_state_failed_with_pytest_fail_is_counted_and_described(pytester, fail):
+    """``pytest.fail()`` (or ``sys.exit()``) raises a BaseException: the
+    state's subtest failed, but the summary said "0 failed" and the report
+    had no state description nor rerun line."""
     pytester.makepyfile(
-        """
+        f"""
+import sys
 import pytest
 
 def test_log(blkdebug_disk, blkdebug_crash):
@@ -77,7 +79,7 @@ def test_log(blkdebug_disk, blkdebug_crash):
     for crash in blkdebug_crash.states(run):
         with blkdebug_crash.check(crash), crash.open() as image:
             if image.read(0, 1) != b"A":
-                pytest.fail("lost A")
+                {fail}
 """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")

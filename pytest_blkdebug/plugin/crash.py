@@ -47,8 +47,9 @@ CRASH_HELP = (
     "the id a failing state's report names"
 )
 PROPERTY = "blkdebug.crash"
-#: What fails a state: an exception, or ``pytest.fail()`` (a BaseException).
-FAILURES = (Exception, pytest.fail.Exception)
+#: What fails a state: an exception, ``pytest.fail()`` or ``sys.exit()``
+#: (BaseExceptions the subtest reports as failures).
+FAILURES = (Exception, pytest.fail.Exception, SystemExit)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

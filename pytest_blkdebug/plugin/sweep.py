@@ -70,6 +70,7 @@ from ..core.sweep import (
     make_rule,
 )
 from ..report import format_report
+from .crash import FAILURES
 from .split import split_part
 
 if TYPE_CHECKING:
@@ -347,7 +348,7 @@ class Sweep:
         __tracebackhide__ = True
         try:
             check(disk, outcome)
-        except (Exception, pytest.fail.Exception) as exc:  # pytest.fail() too
+        except FAILURES as exc:  # pytest.fail() and sys.exit() too
             raise SweepFailure(failure_message(n, outcome, rule, exc)) from exc
 
     def _check_crashes(
