@@ -97,6 +97,8 @@ tests/test_core_safety.py::test_a_closed_diskfile_refuses_io_as_a_closed_file_do
 test_diskfile_seek_*.
 A rule that only delays a read let it past a bad sector:
 tests/test_rule_extensions.py::test_a_delay_only_rule_does_not_hide_a_bad_sector.
+A bad-sector rule added at run time made healed sectors bad again:
+tests/test_rule_extensions.py::test_adding_a_bad_sector_rule_does_not_unheal_written_sectors.
 A disk that fails to open (bad timeout or size, missing file, its open
 event never resumed) on a shared engine: tests/test_core_safety.py::
 test_a_disk_that_fails_to_open_adds_no_rule_to_a_shared_engine,

@@ -347,3 +347,20 @@ def test_events_given_as_one_string_are_refused_not_split_into_letters(
     the name itself then was an "unknown event"."""
     with pytest.raises(TypeError, match=r"events=\['journal_commit'\]"):
         make(tmp_path)
+
+
+def test_adding_a_bad_sector_rule_does_not_unheal_written_sectors(tmp_path: Path) -> None:
+    """add_rules rebuilt the bad-sector map from every rule's full range, so
+    a sector healed by a write went bad again (its data read as EIO) when
+    another bad-sector rule was added later."""
+    with Disk.create(
+        tmp_path / "d.img", "1M", rules=[BadSector(8, sectors=2, name="dust")]
+    ) as disk:
+        disk.write(4096, b"B" * 512)  # heals sector 8
+        disk.engine.add_rules([BadSector(100, name="more"), BadSector(9, sectors=2, name="over")])
+        assert disk.engine.bad_sectors == [("dust", 9, 1), ("over", 10, 1), ("more", 100, 1)]
+        assert disk.read(4096, 512) == b"B" * 512
+        with pytest.raises(InjectedError) as info:
+            disk.read(4096 + 512, 512)
+        assert info.value.rule == "dust"
+        assert not disk.rule("dust").consumed and disk.rule("over").active

@@ -27,9 +27,11 @@ class BadMap:
         self.starts = [r[0] for r in self.runs]
 
     @classmethod
-    def build(cls, slots: list[Slot]) -> BadMap | None:
-        """The map of ``slots`` (BadSector rules, in definition order)."""
-        runs: list[Run] = []
+    def build(cls, slots: list[Slot], existing: BadMap | None = None) -> BadMap | None:
+        """The map of ``slots`` (BadSector rules, in definition order) added
+        to ``existing`` (what earlier rules still have bad: a sector they
+        lost to a heal stays healed, one they still own stays theirs)."""
+        runs: list[Run] = list(existing.runs) if existing is not None else []
         for slot in slots:
             first, end = slot.start // 512, slot.end // 512
             for s, e, _ in sorted(runs):  # cut out what earlier rules already own

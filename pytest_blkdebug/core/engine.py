@@ -232,7 +232,7 @@ class Engine(Breakpoints):
                 kind_list.append(slot)
             if any(isinstance(slot.rule, BadSector) for slot in new):
                 self._bad = BadMap.build(
-                    [s for s in self._slots if isinstance(s.rule, BadSector) and not s.consumed]
+                    [s for s in new if isinstance(s.rule, BadSector)], self._bad
                 )
                 self._watches_stores = True
                 self._publish(self.active)
