@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 
 import pytest
@@ -584,16 +583,18 @@ def test_a_write_during_a_delayed_flush_leaves_work_for_the_next_flush(tmp_path,
     with bd.Disk.create(tmp_path / "img", 8192, rules=_flush_counters()) as disk:
         disk.write(0, b"early")
         if via == "disk":
+            checked = threading.Event()
+            disk.engine.add_observer(lambda what, name: name == "checked" and checked.set())
             flusher = threading.Thread(target=disk.flush)
             flusher.start()
-            time.sleep(0.1)  # the flush is in its delay
+            assert checked.wait(10)  # decided: the flush is starting its delay
             disk.write(4096, b"late")
             flusher.join(10)
         else:
 
             async def scenario():
                 flush = asyncio.create_task(disk.aio.flush())
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0)  # the flush runs to its delay
                 await disk.aio.write(4096, b"late")
                 await flush
 
