@@ -84,6 +84,9 @@ test_overlapping_aio_requests_see_the_data_in_submission_order.
 A breakpoint on the flush qemu-io does when it exits (qemu-io hangs; blkdebug-io
 said nothing, status 0): tests/test_cli.py::test_a_breakpoint_on_the_flush_qemu_io_does_when_it_exits_is_an_error.
 
+A bad ``blkdebug_split`` marker (stopped the whole session at collection):
+  tests/test_plugin_hardening.py::test_a_bad_split_marker_fails_its_test_at_setup_and_the_others_run.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.

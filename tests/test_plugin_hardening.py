@@ -445,3 +445,32 @@ def test_injected_delay_is_reported_when_there_was_one(pytester: pytest.Pytester
         if p.get("name") == "blkdebug.injected_delay"
     ]
     assert delays == [("test_slow", "0.010000")]
+
+
+@pytest.mark.parametrize("args", ["0", "1.5", "'2'", "True", "", "k=2"])
+def test_a_bad_split_marker_fails_its_test_at_setup_and_the_others_run(
+    pytester: pytest.Pytester, args: str
+) -> None:
+    """A bad ``blkdebug_split`` argument was a UsageError at collection: the
+    whole session stopped (``Interrupted: 1 error during collection``) and no
+    test ran. As for every other marker, it now fails that test at setup,
+    naming it, and the others run."""
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.blkdebug_split({args})
+        def test_bad(blkdebug_split):
+            pass
+
+        @pytest.mark.blkdebug_split(2)
+        def test_good(blkdebug_split):
+            pass
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_bad*", "*blkdebug: *test_bad: *"])

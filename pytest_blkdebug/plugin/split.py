@@ -58,11 +58,12 @@ WHOLE = SplitPart(0, 1)
 
 
 def _parts(marker: pytest.Mark, name: str) -> int:
+    """K; a bad marker is a ValueError naming the test (it fails at setup)."""
     if len(marker.args) != 1 or marker.kwargs:
-        raise pytest.UsageError(f"{name}: use @pytest.mark.blkdebug_split(K) with one integer K")
+        raise ValueError(f"{name}: use @pytest.mark.blkdebug_split(K) with one integer K")
     k = marker.args[0]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise pytest.UsageError(f"{name}: blkdebug_split(K) needs an integer K >= 1, not {k!r}")
+        raise ValueError(f"{name}: blkdebug_split(K) needs an integer K >= 1, not {k!r}")
     return k
 
 
@@ -74,9 +75,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker(PARAM)
     if marker is None:
         return
-    k = _parts(marker, metafunc.definition.nodeid)
     if PARAM not in metafunc.fixturenames:
         metafunc.fixturenames.append(PARAM)
+    try:
+        k = _parts(marker, metafunc.definition.nodeid)
+    except ValueError:
+        return  # not split: the fixture fails this test at setup, the others run
     parts = [SplitPart(i, k) for i in range(k)]
     metafunc.parametrize(PARAM, parts, ids=[p.id for p in parts])
 
@@ -93,5 +97,17 @@ def split_part(item: pytest.Item) -> SplitPart | None:
 @pytest.fixture
 def blkdebug_split(request: pytest.FixtureRequest) -> SplitPart:
     """This item's part: ``SplitPart(i, k)`` (``(0, 1)`` for a test
-    without the marker); ``part.take(states)`` is its share."""
-    return split_part(request.node) or WHOLE
+    without the marker); ``part.take(states)`` is its share. A bad marker
+    fails the test here, at setup."""
+    part = split_part(request.node)
+    if part is None:
+        marker = request.node.get_closest_marker(PARAM)
+        if marker is not None:
+            try:
+                _parts(marker, request.node.nodeid)
+                error = None
+            except ValueError as exc:
+                error = str(exc)
+            if error is not None:
+                pytest.fail(f"blkdebug: {error}", pytrace=False)
+    return part or WHOLE
