@@ -604,3 +604,28 @@ def test_a_write_during_a_delayed_flush_leaves_work_for_the_next_flush(tmp_path,
         assert disk.rule("to-disk").hits == 2
         assert disk.rule("checked").hits == 2
         assert not disk.dirty
+
+
+def test_a_disk_closed_as_its_request_is_suspended_fails_it_at_once(tmp_path):
+    """close() resumes the holds it finds; one made just before (the request
+    suspended, not yet listed on its disk: here an observer closes the disk
+    at that moment) waited out hold_timeout, and its suspension stayed
+    listed on the shared engine after the request had ended."""
+    a = bd.Disk.create(tmp_path / "a.img", 4096, hold_timeout=30)
+    b = bd.Disk.create(tmp_path / "b.img", 4096, engine=a.engine)  # keeps the engine in use
+    a.engine.add_observer(lambda what, detail: what == "suspend" and a.close())
+    a.break_on("read_aio", "A")
+    box = {}
+
+    def read():
+        try:
+            a.read(0, 1)
+        except ValueError as exc:
+            box["error"] = exc
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and "closed" in str(box["error"])
+    assert a.engine.suspended == [] and not b.is_suspended("A")
+    b.close()

@@ -92,6 +92,9 @@ is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.
 
 Read-only and closed disks: tests/test_core_safety.py (items 13, 14).
+A disk closed just as its request is suspended (the hold waited out
+hold_timeout and stayed listed): tests/test_core_safety.py::
+test_a_disk_closed_as_its_request_is_suspended_fails_it_at_once.
 A read-only disk's flush raised flush_to_os (QEMU's ends at once):
 tests/test_conformance.py::test_a_flush_of_a_read_only_disk_raises_no_event_and_is_not_checked.
 A closed ``disk.fileobj()`` (a write through it reached the disk), a bad

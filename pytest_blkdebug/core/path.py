@@ -191,8 +191,10 @@ def hold(disk: Disk, held: Hold, settled: bool = False) -> Generator[Wait, bool 
     """
     __tracebackhide__ = True
     disk.holds.add(held)
+    released: bool | None = True
     try:
-        released = yield held
+        if not disk.closed:  # closed before the hold was listed: close() could not resume it
+            released = yield held
     except BaseException:  # the driver gave up (cancelled, nobody can resume)
         disk.engine.abandon(held)
         raise
@@ -200,6 +202,7 @@ def hold(disk: Disk, held: Hold, settled: bool = False) -> Generator[Wait, bool 
         disk.holds.discard(held)
     tags = ", ".join(map(repr, held.tags))
     if disk.closed:
+        disk.engine.abandon(held)  # what close() did not resume stays listed no more
         if settled:
             return
         raise disk.image.closed_error(
