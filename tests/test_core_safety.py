@@ -629,3 +629,23 @@ def test_a_disk_closed_as_its_request_is_suspended_fails_it_at_once(tmp_path):
     assert not reader.is_alive() and "closed" in str(box["error"])
     assert a.engine.suspended == [] and not b.is_suspended("A")
     b.close()
+
+
+def test_create_refuses_a_template_that_is_a_fifo_instead_of_waiting(tmp_path):
+    """A FIFO as the template: opening it waited forever for a writer."""
+    os.mkfifo(tmp_path / "fifo")
+    box = {}
+
+    def create():
+        try:
+            bd.Disk.create(tmp_path / "img", 4096, template=tmp_path / "fifo")
+        except ValueError as exc:
+            box["error"] = exc
+
+    creator = threading.Thread(target=create, daemon=True)  # a regression hangs here
+    creator.start()
+    creator.join(10)
+    assert not creator.is_alive(), "Disk.create is waiting for a writer to the FIFO"
+    assert "not a regular file (a FIFO)" in str(box["error"])
+    with pytest.raises(IsADirectoryError):
+        bd.Disk.create(tmp_path / "img", 4096, template=tmp_path)

@@ -11,6 +11,8 @@ Special files (a FIFO, a link to ``/dev/zero``, a sparse 16 MiB+ rule file):
   tests/test_plugin_hardening.py: test_rule_file_that_is_a_fifo_is_not_a_regular_file.
   A template that is the image itself (same path, symlink, hard link):
   tests/test_core_safety.py: test_create_refuses_a_template_that_is_the_image_itself.
+  A template that is a FIFO (waited forever for a writer):
+  tests/test_core_safety.py: test_create_refuses_a_template_that_is_a_fifo_instead_of_waiting.
 
 Huge and NaN values:
   reads past Linux's 2 GiB per-call limit, short host reads:

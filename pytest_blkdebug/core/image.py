@@ -24,6 +24,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import weakref
 from typing import NamedTuple
 
@@ -215,6 +216,14 @@ def extents(fd: int, offset: int, length: int) -> list[Extent]:
     return result
 
 
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name one file (symlinks and hard links included)."""
     try:
@@ -231,7 +240,20 @@ def copy_sparse(src: str, dst: str) -> None:
         raise ValueError(
             f"template {src} is the image {dst} itself (creating the image would wipe it)"
         )
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    # Opened without blocking: a FIFO would wait forever for a writer.
+    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), src)
+        if not stat.S_ISREG(mode):
+            raise ValueError(
+                f"template {src} is not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special')})"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as fin, open(dst, "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
         try:
             fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())

@@ -193,7 +193,7 @@ def hold(disk: Disk, held: Hold, settled: bool = False) -> Generator[Wait, bool 
     disk.holds.add(held)
     released: bool | None = True
     try:
-        if not disk.closed:  # closed before the hold was listed: close() could not resume it
+        if not disk.closed:  # else closed before the hold was listed: nothing to wait for
             released = yield held
     except BaseException:  # the driver gave up (cancelled, nobody can resume)
         disk.engine.abandon(held)
