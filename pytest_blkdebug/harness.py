@@ -30,6 +30,7 @@ from typing import Any, TypedDict
 
 from .core.disk import DEFAULT_HOLD_TIMEOUT, DEFAULT_WAIT_TIMEOUT, Disk
 from .core.engine import Engine, Hold
+from .core.errors import RuleError
 from .core.events import EventRegistry, register_events
 from .core.rules import Rule
 from .report import format_report, format_size
@@ -177,12 +178,27 @@ class Harness:
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
         result: list[Rule] = []
-        for entry in sources:  # type: ignore[union-attr]
+        origin: dict[str, tuple[int, str]] = {}  # a named rule's source, for the error
+        for position, entry in enumerate(sources):  # type: ignore[arg-type]
             if isinstance(entry, (str, os.PathLike)):
                 path = self.resolve(entry) if self.resolve is not None else entry
-                result += self.cache.load(path, registry)
+                rules, where = self.cache.load(path, registry), os.fspath(entry)
             else:
-                result.append(entry)
+                rules, where = (
+                    [entry],
+                    f"{type(entry).__name__}(name={getattr(entry, 'name', None)!r})",
+                )
+            for rule in rules:
+                name = getattr(rule, "name", None)
+                if name is None:
+                    continue
+                first, first_where = origin.setdefault(name, (position, where))
+                if first != position:
+                    raise RuleError(
+                        f"duplicate rule name {name!r}: from {first_where} and from {where}",
+                        attribute="name",
+                    )
+            result += rules
         return result
 
     def engine(

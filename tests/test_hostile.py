@@ -89,6 +89,9 @@ said nothing, status 0): tests/test_cli.py::test_a_breakpoint_on_the_flush_qemu_
 A bad ``blkdebug_split`` marker (stopped the whole session at collection):
   tests/test_plugin_hardening.py::test_a_bad_split_marker_fails_its_test_at_setup_and_the_others_run.
 
+A rule name in two of the factory's (or blkdebug-nbd's) rule files (a bare
+``duplicate rule name``): tests/test_plugin_hardening.py::test_a_duplicate_rule_name_across_factory_rule_files_names_both_files.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.

@@ -474,3 +474,46 @@ def test_a_bad_split_marker_fails_its_test_at_setup_and_the_others_run(
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at setup of test_bad*", "*blkdebug: *test_bad: *"])
+
+
+def test_a_duplicate_rule_name_across_factory_rule_files_names_both_files(
+    pytester: pytest.Pytester,
+) -> None:
+    """Markers named both sources of a duplicate rule name; the factory's
+    ``rules=[...]`` (and blkdebug-nbd's ``--rules``, through the same loader)
+    said only ``duplicate rule name 'a'``, leaving the user to search every
+    file. Now the error names both sources, and a rule added to an existing
+    engine says the engine already has one of that name."""
+    pytester.path.joinpath("r.ini").write_text('[inject-error "a"]\nevent = "read_aio"\n')
+    pytester.path.joinpath("r.toml").write_text(
+        '[[inject-error]]\nname = "a"\nevent = "read_aio"\n'
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_blkdebug import InjectError
+
+        def test_files(blkdebug_disk_factory):
+            blkdebug_disk_factory(rules=["r.ini", "r.toml"])
+
+        def test_file_twice(blkdebug_disk_factory):
+            blkdebug_disk_factory(rules=["r.ini", "r.ini"])
+
+        def test_object(blkdebug_disk_factory):
+            blkdebug_disk_factory(rules=["r.ini", InjectError("read_aio", name="a")])
+
+        def test_shared_engine(blkdebug_disk_factory):
+            first = blkdebug_disk_factory(rules=["r.ini"])
+            blkdebug_disk_factory("b", rules=["r.toml"], engine=first.engine)
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "E * duplicate rule name 'a': from r.ini and from r.toml",
+            "E * duplicate rule name 'a': from r.ini and from r.ini",
+            "E * duplicate rule name 'a': from r.ini and from InjectError(name='a')",
+            "E * duplicate rule name 'a': the engine already has a rule of that name",
+        ]
+    )

@@ -133,6 +133,8 @@ def _duplicate(name: str, rule: Rule, by_name: dict[str, Slot], new: list[Slot])
     [inject-error] and a [set-state] the same id (QEMU keeps ids per kind); a
     rule name is one per engine, so say that, not only that it repeats."""
     prior = by_name.get(name) or next(s for s in new if s.name == name)
+    if name in by_name:
+        return f"duplicate rule name {name!r}: the engine already has a rule of that name"
     if prior.rule.kind == rule.kind:
         return f"duplicate rule name {name!r}"
     kinds = " and ".join(f"[{k}]" for k in (prior.rule.kind, rule.kind))
