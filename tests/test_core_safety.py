@@ -649,3 +649,26 @@ def test_create_refuses_a_template_that_is_a_fifo_instead_of_waiting(tmp_path):
     assert "not a regular file (a FIFO)" in str(box["error"])
     with pytest.raises(IsADirectoryError):
         bd.Disk.create(tmp_path / "img", 4096, template=tmp_path)
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_open_refuses_an_image_that_is_a_fifo_or_a_directory(tmp_path, readonly):
+    """Disk.open of a FIFO read-only waited forever for a writer (read-write
+    it opened as a 0-byte disk); a directory opened read-only became a disk
+    whose reads failed with EISDIR."""
+    os.mkfifo(tmp_path / "fifo")
+    box = {}
+
+    def open_fifo():
+        try:
+            bd.Disk.open(tmp_path / "fifo", readonly=readonly)
+        except ValueError as exc:
+            box["error"] = exc
+
+    opener = threading.Thread(target=open_fifo, daemon=True)  # a regression hangs here
+    opener.start()
+    opener.join(10)
+    assert not opener.is_alive(), "Disk.open is waiting for a writer to the FIFO"
+    assert "not a regular file (a FIFO)" in str(box["error"])
+    with pytest.raises(IsADirectoryError):
+        bd.Disk.open(tmp_path, readonly=readonly)

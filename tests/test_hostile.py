@@ -13,6 +13,8 @@ Special files (a FIFO, a link to ``/dev/zero``, a sparse 16 MiB+ rule file):
   tests/test_core_safety.py: test_create_refuses_a_template_that_is_the_image_itself.
   A template that is a FIFO (waited forever for a writer):
   tests/test_core_safety.py: test_create_refuses_a_template_that_is_a_fifo_instead_of_waiting.
+  An image that is a FIFO (read-only: waited forever) or a directory:
+  tests/test_core_safety.py: test_open_refuses_an_image_that_is_a_fifo_or_a_directory.
 
 Huge and NaN values:
   reads past Linux's 2 GiB per-call limit, short host reads:

@@ -71,7 +71,7 @@ class Image:
         self.readonly = readonly
         self.closed = False
         if fd is None:
-            fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+            fd = _open_image(path, readonly)
             weakref.finalize(self, os.close, fd)  # the number is freed with the object
         self.fd = fd
         #: Requests must end at or before ``limit`` (the disk's size; -1 once
@@ -174,6 +174,25 @@ class Image:
             os.dup2(dead, self.fd, inheritable=False)
         finally:
             os.close(dead)
+
+
+def _open_image(path: str, readonly: bool) -> int:
+    """The image's descriptor: a regular file or a block device. Opened
+    without blocking (a FIFO opened read-only waits for a writer), and
+    refused if it is a directory, a FIFO, a socket or a character device."""
+    fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            kind = _KINDS.get(stat.S_IFMT(mode), "special")
+            raise ValueError(f"image {path} is not a regular file ({kind})")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
