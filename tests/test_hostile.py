@@ -94,6 +94,10 @@ A bad ``blkdebug_split`` marker (stopped the whole session at collection):
 A rule name in two of the factory's (or blkdebug-nbd's) rule files (a bare
 ``duplicate rule name``): tests/test_plugin_hardening.py::test_a_duplicate_rule_name_across_factory_rule_files_names_both_files.
 
+save_rules into a missing directory or onto a symbolic link (the error named
+its temporary file; the link was replaced, its file kept the old rules):
+  tests/test_rules_hardening.py::test_save_rules_errors_name_the_path_and_a_link_is_written_through.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line.

@@ -306,3 +306,28 @@ def test_an_id_shared_by_both_ini_kinds_is_refused_saying_why(tmp_path: Path) ->
         "duplicate rule name 'a': rules [inject-error] and [set-state] (a QEMU ini file "
         "may give both kinds one id, but a rule name is one per disk: rename one)"
     ) in err.getvalue()
+
+
+def test_save_rules_errors_name_the_path_and_a_link_is_written_through(tmp_path: Path) -> None:
+    """save_rules into a missing directory said ``No such file or directory:
+    '.../.blkdebug-x1y2.ini'`` (its temporary file, never the user's path); and
+    saving to a symbolic link replaced the link with a file, leaving the file
+    it named (a shared rule file) unchanged."""
+    from pytest_blkdebug import save_rules
+
+    rules = [InjectError("read_aio", name="a")]
+    missing = tmp_path / "no-such-dir" / "r.ini"
+    with pytest.raises(FileNotFoundError) as info:
+        save_rules(rules, missing)
+    assert info.value.filename == str(missing) and ".blkdebug-" not in str(info.value)
+    (tmp_path / "dir.ini").mkdir()
+    with pytest.raises(IsADirectoryError) as isdir:
+        save_rules(rules, tmp_path / "dir.ini")
+    assert isdir.value.filename == str(tmp_path / "dir.ini")
+    assert not list(tmp_path.glob(".blkdebug-*"))  # no temporary file left behind
+    shared = tmp_path / "shared.ini"
+    shared.write_text('[inject-error "old"]\nevent = "none"\n')
+    link = tmp_path / "link.ini"
+    link.symlink_to(shared.name)
+    save_rules(rules, link)
+    assert link.is_symlink() and load_rules(shared) == rules

@@ -402,7 +402,9 @@ def save_rules(rules: Iterable[Rule], path: PathLike, *, events: Sequence[str] =
 
     The text goes to a temporary file in the same directory, which then
     replaces ``path`` (``os.replace``): readers see the old file or the new
-    one, never half of one. ``events`` only matters for TOML.
+    one, never half of one. A symbolic link is followed (the file it names
+    is replaced, the link stays), as ``open(path, "w")`` would. An error
+    names ``path``, not the temporary file. ``events`` only matters for TOML.
     """
     name = os.fspath(path)
     suffix = _suffix(name)
@@ -412,22 +414,28 @@ def save_rules(rules: Iterable[Rule], path: PathLike, *, events: Sequence[str] =
         text = dump_toml(rules, events)
     else:
         raise _unsupported_type(name, suffix)
-    directory = os.path.dirname(os.path.abspath(name))
+    target = os.path.realpath(name) if os.path.islink(name) else os.path.abspath(name)
+    directory = os.path.dirname(target)
     try:
-        mode = os.stat(name).st_mode & 0o7777
+        mode = os.stat(target).st_mode & 0o7777
     except OSError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=".blkdebug-", suffix=suffix, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".blkdebug-", suffix=suffix, dir=directory)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write rule file: {exc.strerror}", name) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, name)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename != name:
+            raise OSError(exc.errno, f"cannot write rule file: {exc.strerror}", name) from None
         raise
