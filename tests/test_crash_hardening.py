@@ -5,6 +5,8 @@ not try. Indexed in tests/test_hostile.py."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 
@@ -162,4 +164,34 @@ def test_a_mark_after_the_recording_or_not_a_str_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="'late': the recording has stopped"):
         run.mark("late")
     assert all(crash.marks == () for crash in run.crashes())
+    disk.close()
+
+
+def test_a_write_landing_while_the_recording_starts_is_not_lost(tmp_path, monkeypatch):
+    """``start()`` snapshotted the disks, then began to listen: a write from
+    another thread (an NBD client) landing in between was in neither, so
+    even the state that keeps every write lacked it."""
+    from pytest_blkdebug.core import crash as crash_module
+
+    disk = Disk.create(tmp_path / "disk.img", 4096)
+    copy = crash_module._copy_sparse
+    writer = threading.Thread(target=disk.write, args=(0, b"W" * 512))
+
+    def copy_then_a_write_lands(src, dst):
+        copy(src, dst)
+        writer.start()  # stored once its bytes are in the file
+        deadline = time.monotonic() + 10
+        while os.pread(disk.fileno(), 1, 0) != b"W" and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    monkeypatch.setattr(crash_module, "_copy_sparse", copy_then_a_write_lands)
+    with disk.record() as run:
+        monkeypatch.setattr(crash_module, "_copy_sparse", copy)
+        writer.join()
+        disk.write(512, b"A" * 512)
+    live = (tmp_path / "disk.img").read_bytes()
+    assert live[:1] == b"W"
+    crashes = run.crashes()
+    ends = [c for c in crashes if f"e{crashes.epochs - 1}-all" in (c.id, *c.same_as)]
+    assert [c.read() for c in ends] == [live]
     disk.close()

@@ -119,10 +119,13 @@ class Recording:
         if self._started:
             raise RuntimeError("this recording was already started")
         self._started = True
+        # Listen first, then snapshot: a write that lands between the two
+        # (another thread, an NBD client) is then logged, perhaps also in
+        # the snapshot, never in neither (lost from every crash image).
+        self.engine.recorders = (*self.engine.recorders, self)
         for disk in list(self.engine.disks):
             if not disk.closed:
                 self._adopt(disk)
-        self.engine.recorders = (*self.engine.recorders, self)
         return self
 
     def stop(self) -> None:
