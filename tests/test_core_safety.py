@@ -672,3 +672,26 @@ def test_open_refuses_an_image_that_is_a_fifo_or_a_directory(tmp_path, readonly)
     assert "not a regular file (a FIFO)" in str(box["error"])
     with pytest.raises(IsADirectoryError):
         bd.Disk.open(tmp_path, readonly=readonly)
+
+
+@pytest.mark.parametrize("template", [False, True])
+def test_create_over_a_fifo_refuses_it_instead_of_waiting(tmp_path, template):
+    """Disk.create at a path that is a FIFO: from a template it waited
+    forever for a reader; without one it failed with a bare EINVAL."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "t.img").write_bytes(b"t" * 512)
+    box = {}
+
+    def create():
+        try:
+            bd.Disk.create(
+                tmp_path / "fifo", 4096, template=template and tmp_path / "t.img" or None
+            )
+        except ValueError as exc:
+            box["error"] = exc
+
+    creator = threading.Thread(target=create, daemon=True)  # a regression hangs here
+    creator.start()
+    creator.join(10)
+    assert not creator.is_alive(), "Disk.create is waiting for a reader of the FIFO"
+    assert "fifo is not a regular file (a FIFO)" in str(box["error"])

@@ -15,6 +15,8 @@ Special files (a FIFO, a link to ``/dev/zero``, a sparse 16 MiB+ rule file):
   tests/test_core_safety.py: test_create_refuses_a_template_that_is_a_fifo_instead_of_waiting.
   An image that is a FIFO (read-only: waited forever) or a directory:
   tests/test_core_safety.py: test_open_refuses_an_image_that_is_a_fifo_or_a_directory.
+  Creating an image where a FIFO is (from a template: waited forever):
+  tests/test_core_safety.py: test_create_over_a_fifo_refuses_it_instead_of_waiting.
 
 Huge and NaN values:
   reads past Linux's 2 GiB per-call limit, short host reads:

@@ -22,7 +22,7 @@ from . import path as request_path
 from .backend import DiskBackend
 from .engine import Engine, Hold, RuleStatus, RuleView, StateChange, TraceEntry
 from .events import EventRegistry, register_events
-from .image import Extent, Image, copy_sparse, extents
+from .image import Extent, Image, copy_sparse, create_file, extents
 from .limits import MAX_OFFSET, check_timeout
 from .path import OnHold, Request, run
 from .rules import Rule
@@ -439,7 +439,7 @@ def create_image(
         copy_sparse(os.fspath(template), target)
         os.truncate(target, size)
         return target
-    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = create_file(target)
     try:
         os.ftruncate(fd, size)
     finally:

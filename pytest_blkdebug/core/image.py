@@ -195,6 +195,23 @@ def _open_image(path: str, readonly: bool) -> int:
     return fd
 
 
+def create_file(path: str) -> int:
+    """``path`` as a new, empty regular file (an existing one is emptied),
+    open for reading and writing. Opened without blocking, and refused if
+    something else is there (a FIFO would wait for a reader)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "special")
+            raise ValueError(f"image {path} is not a regular file ({kind}); not replaced")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """Zero a range and free its blocks; fall back to writing zeroes."""
     fallocate = getattr(_libc, "fallocate", None)
@@ -272,7 +289,7 @@ def copy_sparse(src: str, dst: str) -> None:
     except BaseException:
         os.close(fd)
         raise
-    with open(fd, "rb") as fin, open(dst, "wb") as fout:
+    with open(fd, "rb") as fin, open(create_file(dst), "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
         try:
             fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
