@@ -195,3 +195,26 @@ def test_a_write_landing_while_the_recording_starts_is_not_lost(tmp_path, monkey
     ends = [c for c in crashes if f"e{crashes.epochs - 1}-all" in (c.id, *c.same_as)]
     assert [c.read() for c in ends] == [live]
     disk.close()
+
+
+def test_without_subtests_a_failing_crash_run_fails_the_test_not_its_teardown(pytester):
+    """pytest < 9 (or ``-p no:subtests``): ``blkdebug_crash.run`` collected
+    the failures and raised them in the fixture's teardown, so the summary
+    read "1 passed, 1 error" for a test whose check failed."""
+    pytester.makepyfile(
+        """
+def test_log(blkdebug_disk, blkdebug_crash):
+    with blkdebug_disk.record() as run:
+        blkdebug_disk.write(0, b"A" * 512)
+        blkdebug_disk.flush()
+
+    def check(crash):
+        with crash.open() as image:
+            assert image.read(0, 1) == b"A"
+
+    blkdebug_crash.run(run, check)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:subtests")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*AssertionError: 1 crash states failed; the first, e0-none*"])

@@ -156,6 +156,9 @@ class CrashCheck:
         for crash in self.states(run, **kwargs):
             with self.check(crash):
                 check(crash)
+        # Without subtests, fail the test itself here, not its teardown
+        # ("1 passed, 1 error" said the test passed).
+        self._raise_collected()
         return self.summary
 
     def _failed(self, crash: Crash, exc: BaseException) -> None:
@@ -168,11 +171,16 @@ class CrashCheck:
     def finish(self) -> None:
         if self.summary.checked or self.summary.states:
             self.item.user_properties.append((PROPERTY, self.summary.line()))
+        self._raise_collected()
+
+    def _raise_collected(self) -> None:
+        """Without subtests (pytest < 9): fail once for the states collected."""
         if self._collected:
-            crash, exc = self._collected[0]
-            more = len(self._collected) - 1
+            collected, self._collected = self._collected, []
+            crash, exc = collected[0]
+            more = len(collected) - 1
             raise AssertionError(
-                f"{len(self._collected)} crash states failed; the first, {crash.id}"
+                f"{len(collected)} crash states failed; the first, {crash.id}"
                 + (f" (and {more} more)" if more else "")
                 + f": {exc}\n{crash.describe()}"
             ) from exc
