@@ -269,3 +269,41 @@ def test_it(blkdebug_sweep):
         ]
     )
     assert "trace: empty" not in result.stdout.str()
+
+
+def test_every_crash_image_of_a_point_is_checked_after_one_fails(
+    pytester: pytest.Pytester,
+) -> None:
+    """The first failing crash image ended its point: the others were never
+    checked, yet the summary counted them ("4 crash images") and the
+    failure named one state of two."""
+    result = run(
+        pytester,
+        """
+def test_it(blkdebug_sweep):
+    def body(disk):
+        disk.write(0, b"x" * 512)
+        disk.write(512, b"y" * 512)
+        disk.flush()
+
+    seen = []
+
+    def check(disk, outcome):
+        seen.append(outcome.crash.id if outcome.crash else None)
+        assert disk.read(0, 1) == b"x"
+
+    try:
+        blkdebug_sweep.run(body, check=check, iotype="flush", mode="crash", crash_states="all")
+    finally:
+        print("SEEN", seen)
+""",
+        "-s",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*SEEN ['e0-none', 'e0-all', 'e0-p1', 'e0-s2', None]*",
+            "*SweepFailure: N=1: power lost at flush, crash state e0-none;*",
+            "*and 1 more:",
+            "*N=1: power lost at flush, crash state e0-s2; body raised it;*",
+        ]
+    )

@@ -362,13 +362,14 @@ class Sweep:
         result: SweepResult,
         point_disk: Disk,
     ) -> None:
-        """Check each crash image the power loss at point N can leave (a
-        failure's report shows the point's disk: the sweep's rule and what
-        the body did, after the crash state's description)."""
+        """Check each crash image the power loss at point N can leave, every
+        one even after a failure (a failure's report shows the first failing
+        state, then the point's disk: the sweep's rule and what the body did)."""
         __tracebackhide__ = True
         states = crash_states(recording, spec.seed, spec.crash_states)
         outcome.crashes = len(states)
         result.images += len(states)
+        failed: list[tuple[Crash, SweepFailure]] = []
         for crash in states:
             folder = where / crash.id
             folder.mkdir()
@@ -381,10 +382,20 @@ class Sweep:
             engine = Engine(registry=EventRegistry(spec.registry.custom), seed=spec.seed)
             with Disk(image, engine=engine) as disk:
                 outcome.crash = crash
-                self.item.stash[_POINT] = _Point(n, point_disk, self._rerun(n), crash)
                 if spec.check is not None:
-                    self._check(n, spec.check, disk, outcome, rule)
+                    try:
+                        self._check(n, spec.check, disk, outcome, rule)
+                    except SweepFailure as exc:
+                        failed.append((crash, exc))  # its files stay, for a look
+                        continue
             shutil.rmtree(folder, ignore_errors=True)
+        if failed:
+            crash, first = failed[0]
+            self.item.stash[_POINT] = _Point(n, point_disk, self._rerun(n), crash)
+            if len(failed) == 1:
+                raise first
+            more = "\n".join(str(exc) for _, exc in failed[1:])
+            raise SweepFailure(f"{first}\nand {len(failed) - 1} more:\n{more}") from first
 
     def _rerun(self, n: int) -> str:
         """The command line that runs point N again, with the same seeds."""
