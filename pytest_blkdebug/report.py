@@ -140,10 +140,17 @@ def trace_rows(entries: Iterable[TraceEntry]) -> list[tuple[str, ...]]:
             rows.append(("event", entry.name, "", str(entry.state)))
             continue
         where = f"{entry.length} bytes at {entry.offset}" if entry.kind != "flush" else ""
-        if entry.rule is None:
+        rule = entry.rule
+        if rule is None:
             result = "ok"
         elif entry.errno == 0:
-            result = f"ok (let through by rule {entry.rule!r}, errno=0)"
+            result = {
+                "skipped": f"ok (let through by rule {rule!r}: after/probability)",
+                "delay": f"ok, delayed by rule {rule!r}",
+                "corrupt": f"ok, data corrupted by rule {rule!r}",
+                "lost": f"ok, but not stored: lost by rule {rule!r}",
+                "misdirect": f"ok, but stored elsewhere: misdirected by rule {rule!r}",
+            }.get(entry.effect, f"ok (let through by rule {rule!r}, errno=0)")
         else:
             result = (
                 f"{errno_name(entry.errno)} {os.strerror(entry.errno)!r} by rule {entry.rule!r}"

@@ -121,6 +121,8 @@ A rule that only delays a read let it past a bad sector:
 tests/test_rule_extensions.py::test_a_delay_only_rule_does_not_hide_a_bad_sector.
 A bad-sector rule added at run time made healed sectors bad again:
 tests/test_rule_extensions.py::test_adding_a_bad_sector_rule_does_not_unheal_written_sectors.
+The report said a lost write was "let through ... errno=0":
+tests/test_lies.py::test_the_report_says_a_write_was_lost_not_let_through.
 A disk that fails to open (bad timeout or size, missing file, its open
 event never resumed) on a shared engine: tests/test_core_safety.py::
 test_a_disk_that_fails_to_open_adds_no_rule_to_a_shared_engine,

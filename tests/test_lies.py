@@ -155,3 +155,34 @@ def test_bad_sector_fails_reads_until_written_then_heals(tmp_path: Path) -> None
         with pytest.raises(InjectedError):
             disk.read(4096 + 512, 512)  # sector 9 was not written: still bad
         assert [s[1:] for s in disk.engine.bad_sectors] == [(9, 1)]
+
+
+# -- the trace and the report say what a lie did ---------------------------------------------
+
+
+def test_the_report_says_a_write_was_lost_not_let_through(tmp_path: Path) -> None:
+    """The trace recorded a lie like an errno-0 rule, so the report said
+    "ok (let through by rule 'lost', errno=0)" for a write that was never
+    stored; a request passed by ``after`` also read "errno=0" though its
+    rule's errno is EIO."""
+    from pytest_blkdebug.report import format_trace
+
+    rules = [
+        InjectError("none", iotype="write", lost=True, once=True, name="lost"),
+        InjectError("none", iotype="read", after=1, once=True, name="later"),
+        InjectError("none", iotype="flush", errno=0, delay=0.01, name="slow"),
+    ]
+    with Disk.create(tmp_path / "t.img", 4096, rules=rules) as disk:
+        disk.write(0, PATTERN[:512])
+        disk.read(0, 512)  # passed: after=1
+        disk.flush()
+        effects = [(e.kind, e.rule, e.errno, e.effect) for e in disk.trace if e.kind != "event"]
+        assert effects == [
+            ("write", "lost", 0, "lost"),
+            ("read", "later", 0, "skipped"),
+            ("flush", "slow", 0, "delay"),
+        ]
+        text = "\n".join(format_trace(disk))
+        assert "not stored: lost by rule 'lost'" in text
+        assert "let through by rule 'later': after/probability" in text
+        assert "errno=0" not in text

@@ -54,7 +54,7 @@ from .errors import RuleError
 from .events import READ, EventRegistry, register_events
 from .hold import Hold
 from .rules import BadSector, InjectError, Rule, SetState, rule_name
-from .status import RuleStatus, RuleView, StateChange, TraceEntry, trace_entry
+from .status import SKIPPED, RuleStatus, RuleView, StateChange, TraceEntry, effect_of, trace_entry
 
 __all__ = [
     "Engine",
@@ -532,7 +532,8 @@ class Engine(Breakpoints):
             # the rule or re-armed the list since the lock-free look.
             active = self.active
             slot = active.find(iotype, offset, length) if active is not None else None
-            if slot is not None and not (slot.gated and slot.skip()):
+            skipped = slot is not None and slot.gated and slot.skip()
+            if slot is not None and not skipped:
                 hit = slot
                 slot.hits += 1
                 decided = slot.draw() if slot.dynamic else slot.decision
@@ -562,6 +563,7 @@ class Engine(Breakpoints):
                     slot.name if slot is not None else None,
                     decided.errno if decided is not None else 0,
                     self._state,
+                    effect_of(decided) if decided is not None else SKIPPED if skipped else "",
                 )
             )
         finally:

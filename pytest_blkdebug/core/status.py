@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .decision import Decision
 from .events import IOTYPES
 from .rules import Rule
 
@@ -110,7 +111,10 @@ class TraceEntry(NamedTuple):
     """One event or request: ``kind`` is ``"event"`` or the request's iotype.
 
     For requests, ``rule`` names the rule that decided it (None: no rule
-    matched) and ``errno`` the error it got (0: it went through)."""
+    matched), ``errno`` the error it got (0: it went through) and
+    ``effect`` what else the rule did: ``"delay"``, a lie (``"corrupt"``,
+    ``"lost"``, ``"misdirect"``), ``"skipped"`` (let through by ``after``
+    or ``probability``), or ``""`` (nothing: an ``errno=0`` rule)."""
 
     kind: str
     name: str
@@ -119,6 +123,23 @@ class TraceEntry(NamedTuple):
     rule: str | None
     errno: int
     state: int
+    effect: str = ""
+
+
+#: ``TraceEntry.effect`` of a request a rule let through because of
+#: ``after`` or ``probability``.
+SKIPPED = "skipped"
+
+
+def effect_of(decision: Decision) -> str:
+    """What a decision does besides its errno (``TraceEntry.effect``)."""
+    if decision.corrupt is not None:
+        return "corrupt"
+    if decision.lost:
+        return "lost"
+    if decision.misdirect is not None:
+        return "misdirect"
+    return "delay" if decision.delay else ""
 
 
 class StateChange(NamedTuple):
@@ -131,5 +152,5 @@ def trace_entry(raw: tuple[Any, ...]) -> TraceEntry:
     """A raw trace tuple (what the hot path appends) as a ``TraceEntry``."""
     if raw[0] == "event":
         return TraceEntry("event", raw[1], 0, 0, None, 0, raw[2])
-    iotype, offset, length, rule, err, state = raw
-    return TraceEntry(IOTYPES[iotype], IOTYPES[iotype], offset, length, rule, err, state)
+    iotype, offset, length, rule, err, state, effect = raw
+    return TraceEntry(IOTYPES[iotype], IOTYPES[iotype], offset, length, rule, err, state, effect)
