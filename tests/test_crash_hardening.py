@@ -218,3 +218,28 @@ def test_log(blkdebug_disk, blkdebug_crash):
     result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:subtests")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*AssertionError: 1 crash states failed; the first, e0-none*"])
+
+
+def test_a_state_of_another_split_item_is_not_called_missing(pytester):
+    """``--blkdebug-crash=ID`` on a split test: the items without the state
+    were skipped with "no crash state ID in this test", though it is."""
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.blkdebug_split(2)
+def test_log(blkdebug_disk, blkdebug_crash):
+    with blkdebug_disk.record() as run:
+        blkdebug_disk.write(0, b"A" * 512)
+        blkdebug_disk.write(512, b"B" * 512)
+    for crash in blkdebug_crash.states(run):
+        with blkdebug_crash.check(crash):
+            pass
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs", "--blkdebug-crash=e0-p1")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*crash state e0-p1 is checked by another split item, not split1of2*"]
+    )
+    assert "no crash state" not in result.stdout.str()
