@@ -307,3 +307,31 @@ def test_it(blkdebug_sweep):
             "*N=1: power lost at flush, crash state e0-s2; body raised it;*",
         ]
     )
+
+
+def test_the_image_size_is_parsed_and_checked_before_any_work(
+    pytester: pytest.Pytester,
+) -> None:
+    """``size="1M"`` (as ``Disk.create`` takes it) raised a bare TypeError
+    from the image hook, ``size=-1`` a bare OSError (EINVAL), and
+    ``size=True`` made a 1-byte image."""
+    result = run(
+        pytester,
+        """
+import pytest
+
+def body(disk):
+    disk.write(0, b"x" * 512)
+
+def test_suffix(blkdebug_sweep):
+    seen = []
+    result = blkdebug_sweep.run(lambda disk: seen.append(disk.size) or body(disk), size="1M")
+    assert result.points == 1 and seen == [1 << 20, 1 << 20]
+
+@pytest.mark.parametrize("size", [-1, True, 1.5, "lots"])
+def test_refused(blkdebug_sweep, size):
+    with pytest.raises(ValueError, match="invalid size"):
+        blkdebug_sweep.run(body, size=size)
+""",
+    )
+    result.assert_outcomes(passed=5)

@@ -51,6 +51,7 @@ from ..core.engine import Engine
 from ..core.errors import RuleError
 from ..core.events import IOTYPES, EventRegistry
 from ..core.rules import InjectError
+from ..core.sizes import parse_size
 from ..core.sweep import (
     CRASH_STATES,
     IMAGE,
@@ -167,7 +168,7 @@ class Sweep:
         check: Check | None = None,
         mode: str = "error",
         crash_states: str = "edges",
-        size: int | None = None,
+        size: int | str | None = None,
         events: Iterable[str] = (),
         seed: int | None = None,
         **rule: Any,
@@ -190,8 +191,8 @@ class Sweep:
         so that ``body`` stops), and ``check`` runs on each crash image the
         point can leave (``crash_states="edges"``: every volatile write lost,
         and every one kept; ``"all"``: every state of the last flush epoch);
-        ``outcome.crash`` is the ``Crash``. ``size``: the image's size
-        (default: the test's). ``events``: custom event names besides the
+        ``outcome.crash`` is the ``Crash``. ``size``: the image's size, in
+        bytes or as ``"64M"`` (default: the test's). ``events``: custom event names besides the
         test's. ``seed``: the points' engines' seed (default: the test's, or
         0). Under ``--blkdebug-no-rules`` no fault is injected: the sweep runs
         once.
@@ -228,13 +229,14 @@ class Sweep:
         registry.check(rule["event"])
         if seed is None:
             seed = self.factory.harness.seed or 0
+        # bytes or "64M", checked before any work (-1 was a bare OSError, "1M" a TypeError)
+        nbytes = parse_size(size) if size is not None else self._default_size()
 
         self._runs += 1
         base = self.tmp_path / (f"sweep{self._runs}" if self._runs > 1 else "sweep")
         template = base / "template"
         template.mkdir(parents=True)
         image = template / IMAGE
-        nbytes = size if size is not None else self._default_size()
         made = self.item.ihook.pytest_blkdebug_make_image(
             item=self.item, path=str(image), size=nbytes, template=self.factory.plan.template
         )
