@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 
 import pytest
@@ -695,3 +696,35 @@ def test_create_over_a_fifo_refuses_it_instead_of_waiting(tmp_path, template):
     creator.join(10)
     assert not creator.is_alive(), "Disk.create is waiting for a reader of the FIFO"
     assert "fifo is not a regular file (a FIFO)" in str(box["error"])
+
+
+def test_recording_starts_while_another_thread_opens_disks(tmp_path):
+    """``engine.record()`` walked the engine's weak set of disks while
+    another thread added to it: "RuntimeError: Set changed size during
+    iteration" (within a second, most runs). It walks a copy taken under
+    the engine's lock, where disks are added."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the race shows at once
+    first = bd.Disk.create(tmp_path / "img", 4096)
+    engine = first.engine
+    others = [bd.Disk.open(tmp_path / "img", engine=engine) for _ in range(300)]
+    stop = threading.Event()
+
+    def open_and_close():
+        while not stop.is_set():
+            bd.Disk.open(tmp_path / "img", engine=engine).close()
+
+    opener = threading.Thread(target=open_and_close)
+    opener.start()
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            recording = engine.record()
+            recording.start()
+            recording.stop()
+    finally:
+        stop.set()
+        opener.join(10)
+        sys.setswitchinterval(old)
+        for disk in [first, *others]:
+            disk.close()

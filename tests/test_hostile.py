@@ -49,6 +49,10 @@ an injected delay: tests/test_core_safety.py::
 test_a_write_during_a_held_flush_makes_the_next_flush_raise_flush_to_disk,
 test_a_write_during_a_delayed_flush_leaves_work_for_the_next_flush.
 
+Recording started while another thread opens disks on the engine ("Set
+changed size during iteration"):
+tests/test_core_safety.py::test_recording_starts_while_another_thread_opens_disks.
+
 Close under load:
   threads writing through ``Disk`` while it closes, a request held at a
   breakpoint when it closes: tests/test_core_safety.py (items 2 and 4);

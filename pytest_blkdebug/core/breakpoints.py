@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -56,6 +57,8 @@ class Breakpoints:
     _observers: tuple[Observer, ...]
     #: Disks attached (several may share one engine).
     _users: int
+    #: The disks opened on it (a weak set: ``open_disks`` lists them).
+    disks: weakref.WeakSet[Any]
 
     def _regate(self) -> None:
         """Recompute the fast path's gates (the engine's; see ``Engine._regate``)."""
@@ -193,10 +196,19 @@ class Breakpoints:
 
     # -- disks -----------------------------------------------------------------
 
-    def attach(self) -> None:
+    def attach(self, disk: object = None) -> None:
         """A disk starts using this engine."""
         with self._lock:
             self._users += 1
+            if disk is not None:
+                self.disks.add(disk)
+
+    def open_disks(self) -> list[Any]:
+        """The disks opened on this engine and not yet freed (some may be
+        closed). Under the lock: a weak set walked while another thread
+        opens a disk fails with "Set changed size during iteration"."""
+        with self._lock:
+            return list(self.disks)
 
     def detach(self) -> list[tuple[str, Hold]]:
         """A disk stops using this engine. When the last one goes, resume

@@ -123,7 +123,7 @@ class Recording:
         # (another thread, an NBD client) is then logged, perhaps also in
         # the snapshot, never in neither (lost from every crash image).
         self.engine.recorders = (*self.engine.recorders, self)
-        for disk in list(self.engine.disks):
+        for disk in self.engine.open_disks():
             if not disk.closed:
                 self._adopt(disk)
         return self

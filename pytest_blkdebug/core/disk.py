@@ -103,8 +103,7 @@ class Disk:
         # The fast path's test (path.quiet), kept current by the engine.
         self._read_gate = engine.gate(request_path.READ)
         self._write_gate = engine.gate(request_path.WRITE)
-        engine.attach()
-        engine.disks.add(self)
+        engine.attach(self)
         if engine.recorders:  # a disk opened while recording (crash.py)
             engine.file_op("open", self.path, disk=self)
         if not engine.opened:
