@@ -81,7 +81,8 @@ Power loss and sweeps (recordings, crash copies, bodies that exit):
   test_an_async_body_or_check_is_refused,
   test_a_crash_mode_failure_report_shows_the_points_rule_and_trace,
   test_every_crash_image_of_a_point_is_checked_after_one_fails,
-  test_the_image_size_is_parsed_and_checked_before_any_work).
+  test_the_image_size_is_parsed_and_checked_before_any_work,
+  test_events_given_as_one_string_are_refused_by_name).
 
 An ini file whose [inject-error] and [set-state] share an id (valid in QEMU; a
 disk refuses it, saying why): tests/test_rules_hardening.py::test_an_id_shared_by_both_ini_kinds_is_refused_saying_why.

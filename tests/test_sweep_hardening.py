@@ -335,3 +335,20 @@ def test_refused(blkdebug_sweep, size):
 """,
     )
     result.assert_outcomes(passed=5)
+
+
+def test_events_given_as_one_string_are_refused_by_name(pytester: pytest.Pytester) -> None:
+    """``events="commit"`` registered the letters c, o, m, ... and the rule's
+    ``event="commit"`` then failed as an unknown event; ``Disk`` says what
+    is wrong."""
+    result = run(
+        pytester,
+        """
+import pytest
+
+def test_it(blkdebug_sweep):
+    with pytest.raises(TypeError, match="events must be a list of names, not a string"):
+        blkdebug_sweep.run(lambda disk: None, events="commit", event="commit")
+""",
+    )
+    result.assert_outcomes(passed=1)

@@ -49,7 +49,7 @@ from ..core.crashstates import Crash
 from ..core.disk import Disk
 from ..core.engine import Engine
 from ..core.errors import RuleError
-from ..core.events import IOTYPES, EventRegistry
+from ..core.events import IOTYPES, EventRegistry, register_events
 from ..core.rules import InjectError
 from ..core.sizes import parse_size
 from ..core.sweep import (
@@ -224,7 +224,8 @@ class Sweep:
                 raise RuleError(
                     f"blkdebug_sweep: {reserved!r} is the sweep's to set (it picks the Nth request)"
                 )
-        registry = EventRegistry((*self.factory.plan.events, *events))
+        registry = EventRegistry(self.factory.plan.events)
+        register_events(registry, events)  # refuses a bare string (its letters)
         make_rule(rule, 1, persist)  # validate before any work
         registry.check(rule["event"])
         if seed is None:
