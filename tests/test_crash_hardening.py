@@ -243,3 +243,15 @@ def test_log(blkdebug_disk, blkdebug_crash):
         ["*crash state e0-p1 is checked by another split item, not split1of2*"]
     )
     assert "no crash state" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("details", [{}, {"size": -1}, {"size": "big"}, {"size": 2.5}])
+def test_an_adapters_truncate_without_a_good_size_is_refused_when_reported(tmp_path, details):
+    """``engine.file_op("truncate", path, size=...)``: no size was a bare
+    KeyError, -1 a bare OSError only when an image was built, 2.5 was
+    taken as 2."""
+    disk = Disk.create(tmp_path / "disk.img", 4096)
+    with disk.record():
+        with pytest.raises(ValueError, match="size= must be an int >= 0"):
+            disk.engine.file_op("truncate", disk.path, **details)
+    disk.close()

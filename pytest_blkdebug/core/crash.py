@@ -227,10 +227,12 @@ class Recording:
                 folder = self._dir(os.path.dirname(path))
                 self._append((_DIR, folder, "delete", path, None))
         elif kind == "truncate":
+            size = details.get("size")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"truncate of {path}: size= must be an int >= 0, not {size!r}")
             disk = details.get("disk")
             known = self._units.get(disk) if disk is not None else None
             unit = known or self._live.get(path) or self._adopt_path(path)
-            size = int(details["size"])
             self._append((unit, "truncate", size, 0, None))
         elif kind == "dirsync":
             folder = self._dir(path)
