@@ -728,3 +728,45 @@ def test_recording_starts_while_another_thread_opens_disks(tmp_path):
         sys.setswitchinterval(old)
         for disk in [first, *others]:
             disk.close()
+
+
+@pytest.mark.parametrize("via", ["thread", "aio"])
+def test_close_cuts_an_injected_delay_short(tmp_path, via):
+    """A request waiting out an injected delay kept waiting after close()
+    (up to the rule's delay: an hour at most), so a thread doing I/O kept
+    the interpreter from exiting long after the test ended. close() now
+    ends the wait, and the request fails as one held at a breakpoint does."""
+    rules = [InjectError("read_aio", errno=0, delay=60, name="slow")]
+    disk = bd.Disk.create(tmp_path / "img", 4096, rules=rules)
+    slowed = threading.Event()
+    disk.engine.add_observer(lambda what, name: name == "slow" and slowed.set())
+    box = {}
+    start = time.monotonic()
+    if via == "thread":
+
+        def read():
+            try:
+                disk.read(0, 512)
+            except ValueError as exc:
+                box["error"] = exc
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert slowed.wait(10)
+        disk.close()
+        reader.join(10)
+        assert not reader.is_alive()
+    else:
+
+        async def scenario():
+            task = asyncio.create_task(disk.aio.read(0, 512))
+            await asyncio.sleep(0)  # the read is in its delay
+            assert slowed.is_set()
+            threading.Thread(target=disk.close).start()
+            with pytest.raises(ValueError) as info:
+                await asyncio.wait_for(task, 10)
+            box["error"] = info.value
+
+        asyncio.run(scenario())
+    assert time.monotonic() - start < 10
+    assert "closed while its read waited out an injected delay" in str(box["error"])

@@ -53,6 +53,9 @@ Recording started while another thread opens disks on the engine ("Set
 changed size during iteration"):
 tests/test_core_safety.py::test_recording_starts_while_another_thread_opens_disks.
 
+A request waiting out an injected delay when the disk closes (it waited on):
+tests/test_core_safety.py::test_close_cuts_an_injected_delay_short.
+
 Close under load:
   threads writing through ``Disk`` while it closes, a request held at a
   breakpoint when it closes: tests/test_core_safety.py (items 2 and 4);

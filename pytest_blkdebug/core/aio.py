@@ -12,6 +12,7 @@ request where it waits.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from . import path
@@ -47,8 +48,26 @@ async def _released(hold: Hold, timeout: float) -> bool:
     return True
 
 
-async def arun(request: Request[T], *, hold_timeout: float) -> T:
-    """Drive a request in this task: await where it waits (see ``path``)."""
+async def _delay(seconds: float, closing: threading.Event | None) -> None:
+    """An injected delay, cut short (within 50 ms) once ``closing`` is set
+    (by ``close()``, from any thread)."""
+    if closing is None:
+        await asyncio.sleep(seconds)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not closing.is_set():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(remaining, 0.05))
+
+
+async def arun(
+    request: Request[T], *, hold_timeout: float, closing: threading.Event | None = None
+) -> T:
+    """Drive a request in this task: await where it waits (see ``path``);
+    ``closing`` (the disk's) cuts an injected delay short."""
     __tracebackhide__ = True
     value: bool | None = None
     error: BaseException | None = None
@@ -64,7 +83,7 @@ async def arun(request: Request[T], *, hold_timeout: float) -> T:
             elif wait == path.RESCHEDULE:
                 await asyncio.sleep(0)
             elif not isinstance(wait, str):  # a delay (HOST_IO goes on at once)
-                await asyncio.sleep(wait)
+                await _delay(wait, closing)
         except asyncio.CancelledError as exc:
             error = exc  # the request abandons its wait, then ends cancelled
 
@@ -78,37 +97,53 @@ class AsyncDisk:
     async def read(self, offset: int, length: int) -> bytes:
         __tracebackhide__ = True
         disk = self.disk
-        return await arun(path.read(disk, offset, length), hold_timeout=disk.hold_timeout)
+        return await arun(
+            path.read(disk, offset, length), hold_timeout=disk.hold_timeout, closing=disk._closing
+        )
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         __tracebackhide__ = True
         disk = self.disk
-        await arun(path.write(disk, offset, data), hold_timeout=disk.hold_timeout)
+        await arun(
+            path.write(disk, offset, data), hold_timeout=disk.hold_timeout, closing=disk._closing
+        )
 
     async def write_zeroes(self, offset: int, length: int, *, unmap: bool = True) -> None:
         __tracebackhide__ = True
         disk = self.disk
-        await arun(path.write_zeroes(disk, offset, length, unmap), hold_timeout=disk.hold_timeout)
+        await arun(
+            path.write_zeroes(disk, offset, length, unmap),
+            hold_timeout=disk.hold_timeout,
+            closing=disk._closing,
+        )
 
     async def discard(self, offset: int, length: int) -> None:
         __tracebackhide__ = True
         disk = self.disk
-        await arun(path.discard(disk, offset, length), hold_timeout=disk.hold_timeout)
+        await arun(
+            path.discard(disk, offset, length),
+            hold_timeout=disk.hold_timeout,
+            closing=disk._closing,
+        )
 
     async def flush(self) -> None:
         __tracebackhide__ = True
         disk = self.disk
-        await arun(path.flush(disk), hold_timeout=disk.hold_timeout)
+        await arun(path.flush(disk), hold_timeout=disk.hold_timeout, closing=disk._closing)
 
     async def block_status(self, offset: int, length: int) -> list[Extent]:
         __tracebackhide__ = True
         disk = self.disk
-        return await arun(path.block_status(disk, offset, length), hold_timeout=disk.hold_timeout)
+        return await arun(
+            path.block_status(disk, offset, length),
+            hold_timeout=disk.hold_timeout,
+            closing=disk._closing,
+        )
 
     async def event(self, name: str) -> None:
         __tracebackhide__ = True
         disk = self.disk
-        await arun(path.event(disk, name), hold_timeout=disk.hold_timeout)
+        await arun(path.event(disk, name), hold_timeout=disk.hold_timeout, closing=disk._closing)
 
     async def wait_break(self, tag: str, timeout: float | None = None) -> None:
         """Like ``Disk.wait_break`` but lets the loop run while waiting."""

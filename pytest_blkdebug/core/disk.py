@@ -14,6 +14,7 @@ import errno
 import io
 import operator
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,6 +97,8 @@ class Disk:
         self.engine = engine
         self.image.limit = self.size
         self._closed = False
+        #: Set by ``close()``: requests waiting out an injected delay stop waiting.
+        self._closing = threading.Event()
         #: This disk's requests waiting at breakpoints (the request path adds
         #: and removes them; ``close()`` resumes them).
         self.holds: set[Hold] = set()
@@ -211,7 +214,7 @@ class Disk:
 
     def _run(self, request: Request[T], on_hold: OnHold | None = None) -> T:
         __tracebackhide__ = True
-        return run(request, hold_timeout=self.hold_timeout, on_hold=on_hold)
+        return run(request, hold_timeout=self.hold_timeout, on_hold=on_hold, closing=self._closing)
 
     def read(self, offset: int, length: int, on_hold: OnHold | None = None) -> bytes:
         """Read ``length`` bytes at ``offset`` (events: read_aio).
@@ -405,6 +408,7 @@ class Disk:
         if self._closed:
             return []
         self._closed = True
+        self._closing.set()  # requests in an injected delay stop waiting
         image = self.image
         image.limit = -1  # the range check refuses every new request
         # Drop our reference: the descriptor number is freed once no request

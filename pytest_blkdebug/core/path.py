@@ -270,16 +270,22 @@ def decide(engine: Engine, op: Operation, offset: int, length: int) -> Decision 
 
 
 def effect(
-    engine: Engine, op: Operation, decision: Decision, offset: int, length: int
+    disk: Disk, op: Operation, decision: Decision, offset: int, length: int
 ) -> Generator[Wait, bool | None, None]:
     """Delay, then fail: a delay is waited (and counted in
     ``engine.injected_delay``); an errno raises ``InjectedError`` after one
-    ``RESCHEDULE`` unless the rule says ``immediately``. Lies act at the store."""
+    ``RESCHEDULE`` unless the rule says ``immediately``. Lies act at the store.
+    A disk closed during the delay (``close()`` cuts it short) fails the
+    request, as it fails one held at a breakpoint."""
     __tracebackhide__ = True
     if decision.delay > 0:
         with _delay_lock:
-            engine.injected_delay += decision.delay
+            disk.engine.injected_delay += decision.delay
         yield decision.delay
+        if disk.closed:
+            raise disk.image.closed_error(
+                f"disk {disk.path} was closed while its {op.name} waited out an injected delay"
+            )
     if decision.errno:
         if not decision.immediately:
             yield RESCHEDULE
@@ -419,7 +425,7 @@ def _store(
         reached = True
         decision = decide(disk.engine, op, offset, length)
         if decision is not None:
-            yield from effect(disk.engine, op, decision, offset, length)
+            yield from effect(disk, op, decision, offset, length)
         split = yield HOST_IO
         if data is not None:
             store_write(disk, offset, length, data, decision)
@@ -457,7 +463,7 @@ def read(disk: Disk, offset: int, length: int) -> Request[bytes]:
         yield from events_before(disk, READ)
     decision = decide(disk.engine, READ, offset, length)
     if decision is not None:
-        yield from effect(disk.engine, READ, decision, offset, length)
+        yield from effect(disk, READ, decision, offset, length)
     split = yield HOST_IO
     data = load(disk, offset, length, decision)
     if split:
@@ -516,7 +522,7 @@ def block_status(disk: Disk, offset: int, length: int) -> Request[list[Extent]]:
     offset, length = range_check(disk, BLOCK_STATUS, offset, length)
     decision = decide(disk.engine, BLOCK_STATUS, offset, length)
     if decision is not None:
-        yield from effect(disk.engine, BLOCK_STATUS, decision, offset, length)
+        yield from effect(disk, BLOCK_STATUS, decision, offset, length)
     yield HOST_IO
     return disk.image.extents(offset, length)
 
@@ -553,7 +559,7 @@ def flush(disk: Disk) -> Request[None]:
             try:
                 decision = decide(disk.engine, FLUSH, 0, 0)
                 if decision is not None:
-                    yield from effect(disk.engine, FLUSH, decision, 0, 0)
+                    yield from effect(disk, FLUSH, decision, 0, 0)
                 yield HOST_IO
                 if disk.durable:
                     image.sync()
@@ -602,8 +608,16 @@ def quiet(engine: Engine, op: Operation, offset: int, length: int) -> bool:
 # -- the blocking driver -------------------------------------------------------------------
 
 
-def run(request: Request[T], *, hold_timeout: float, on_hold: OnHold | None = None) -> T:
+def run(
+    request: Request[T],
+    *,
+    hold_timeout: float,
+    on_hold: OnHold | None = None,
+    closing: threading.Event | None = None,
+) -> T:
     """Run a request in this thread, blocking where it waits.
+
+    ``closing`` (the disk's, set by ``close()``) cuts an injected delay short.
 
     ``on_hold(hold)`` is called, in this thread, before it first blocks at
     a breakpoint (at most once per request: the NBD server hands its
@@ -634,4 +648,7 @@ def run(request: Request[T], *, hold_timeout: float, on_hold: OnHold | None = No
                 on_hold = None
             value = wait.wait(hold_timeout)
         elif not isinstance(wait, str):  # HOST_IO and RESCHEDULE: go on at once
-            time.sleep(wait)
+            if closing is None:
+                time.sleep(wait)
+            else:
+                closing.wait(wait)
