@@ -147,6 +147,15 @@ def test_stdin_on_a_terminal_gets_a_prompt_before_each_line(image: Path) -> None
     assert (status, out.getvalue()) == (0, "blkdebug-io> 1 MiB\nblkdebug-io> ")
 
 
+def test_a_closed_stdin_is_an_empty_script(image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``blkdebug-io img <&-``: Python's sys.stdin is None, and blkdebug-io
+    died with a traceback (AttributeError: 'NoneType' object has no
+    attribute 'readline'); no input is no commands."""
+    monkeypatch.setattr(sys, "stdin", None)
+    status, out, err = run(["img.raw"])
+    assert (status, out, err) == (0, "", "")
+
+
 # -- opening -------------------------------------------------------------------
 
 

@@ -116,7 +116,8 @@ its temporary file; the link was replaced, its file kept the old rules):
 
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
-test_stdin_on_a_terminal_gets_a_prompt_before_each_line.
+test_stdin_on_a_terminal_gets_a_prompt_before_each_line, and with stdin closed:
+test_a_closed_stdin_is_an_empty_script.
 
 Read-only and closed disks: tests/test_core_safety.py (items 13, 14).
 A disk closed just as its request is suspended (the hold waited out

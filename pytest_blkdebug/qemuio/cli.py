@@ -276,7 +276,8 @@ def main(
         return 1
     commands: Iterable[str] = args.cmd
     if not args.cmd:
-        commands = _script(stdin if stdin is not None else sys.stdin, out)
+        source = stdin if stdin is not None else sys.stdin
+        commands = _script(source, out) if source is not None else ()  # stdin closed
     try:
         session = Session(disk, over_blkdebug, out, err, args.sync_via == "aio")
         try:
