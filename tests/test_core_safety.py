@@ -770,3 +770,17 @@ def test_close_cuts_an_injected_delay_short(tmp_path, via):
         asyncio.run(scenario())
     assert time.monotonic() - start < 10
     assert "closed while its read waited out an injected delay" in str(box["error"])
+
+
+def test_a_disk_that_fails_to_open_frees_its_descriptor_at_once(tmp_path):
+    """Its image was retired like a used one: the number stayed open for as
+    long as anything kept the error (a failed test's report, a caller's
+    ``except ... as exc``), whose traceback holds the half-made Disk."""
+    bd.Disk.create(tmp_path / "img", 4096).close()
+    before = len(os.listdir("/proc/self/fd"))
+    kept = []
+    for _ in range(5):
+        with pytest.raises(TypeError) as info:
+            bd.Disk.open(tmp_path / "img", events="not-a-list")
+        kept.append(info.value)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -139,6 +139,8 @@ A disk that fails to open (bad timeout or size, missing file, its open
 event never resumed) on a shared engine: tests/test_core_safety.py::
 test_a_disk_that_fails_to_open_adds_no_rule_to_a_shared_engine,
 test_a_disk_whose_open_event_is_never_resumed_is_closed_not_left_attached.
+Its descriptor is freed at once, not when the kept error is dropped:
+tests/test_core_safety.py::test_a_disk_that_fails_to_open_frees_its_descriptor_at_once.
 Buffers that cannot take the request (a strided memoryview to write, a
 read-only buffer to ``readinto``) are refused before any event:
 tests/test_core_safety.py::test_a_non_contiguous_write_buffer_fails_before_any_event,

@@ -92,7 +92,7 @@ class Disk:
                 register_events(engine, events)
                 engine.add_rules(rules)
         except BaseException:
-            self.image.close()
+            self.image.discard()  # no request used it: free the descriptor now
             raise
         self.engine = engine
         self.image.limit = self.size

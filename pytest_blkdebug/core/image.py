@@ -26,6 +26,7 @@ import fcntl
 import os
 import stat
 import weakref
+from collections.abc import Callable
 from typing import NamedTuple
 
 _MAX_IO = 0x7FFFF000  # Linux's per-call limit for read/write
@@ -63,6 +64,7 @@ class Image:
         "limit",
         "dirty_event",
         "dirty_check",
+        "_free",
         "__weakref__",
     )
 
@@ -70,9 +72,10 @@ class Image:
         self.path = path
         self.readonly = readonly
         self.closed = False
+        self._free: Callable[[], object] | None = None
         if fd is None:
             fd = _open_image(path, readonly)
-            weakref.finalize(self, os.close, fd)  # the number is freed with the object
+            self._free = weakref.finalize(self, os.close, fd)  # freed with the object
         self.fd = fd
         #: Requests must end at or before ``limit`` (the disk's size; -1 once
         #: the disk closes, so the range check every request pays also
@@ -161,6 +164,14 @@ class Image:
         if self.closed:
             raise self.closed_error()
         os.ftruncate(self.fd, size)
+
+    def discard(self) -> None:
+        """Close an image no request has used (a Disk that failed to open):
+        its descriptor is freed now, not when the object is collected."""
+        self.closed = True
+        self.limit = -1
+        if self._free is not None:
+            self._free()
 
     def close(self) -> None:
         """Refuse new calls and retire the descriptor (see the module's
