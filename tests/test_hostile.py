@@ -114,6 +114,9 @@ save_rules into a missing directory or onto a symbolic link (the error named
 its temporary file; the link was replaced, its file kept the old rules):
   tests/test_rules_hardening.py::test_save_rules_errors_name_the_path_and_a_link_is_written_through.
 
+Values of 100,000 entries or characters in a rule file (an error message of
+that size): tests/test_rules_hardening.py::test_a_huge_value_is_named_briefly.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line, and with stdin closed:

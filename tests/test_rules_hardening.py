@@ -331,3 +331,30 @@ def test_save_rules_errors_name_the_path_and_a_link_is_written_through(tmp_path:
     link.symlink_to(shared.name)
     save_rules(rules, link)
     assert link.is_symlink() and load_rules(shared) == rules
+
+
+@pytest.mark.parametrize(
+    ("text", "start"),
+    [
+        (
+            '[[inject-error]]\nevent = "read_aio"\niotype = [' + '"read",' * 100_000 + "1]\n",
+            "rules.toml:3: [[inject-error]]: iotype must be an iotype name or an array of them, "
+            "not an array ['read', 'read',",
+        ),
+        ('[[inject-error]]\nevent = "' + "x" * 100_000 + '"\n', "rules.toml:2: [[inject-error]]: "),
+        ('[[inject-error]]\nevent = "read_aio"\n' + "y" * 100_000 + " = 1\n", "rules.toml:3: "),
+        (
+            '[[inject-error]]\nevent = "read_aio"\nname = "' + "\\n" * 50_000 + '"\n',
+            "rules.toml:3: ",
+        ),
+    ],
+)
+def test_a_huge_value_is_named_briefly(text: str, start: str) -> None:
+    """A 100,000-entry array or a 100,000-character name in a rule file made
+    an error message of that size (800 KB for the array); the value is now
+    cut after 80 characters, with its length."""
+    with pytest.raises(RuleFileError) as info:
+        loads_toml(text, path="rules.toml")
+    message = str(info.value)
+    assert message.startswith(start), message[:300]
+    assert len(message) < 400 and "characters)" in message, message[:300]

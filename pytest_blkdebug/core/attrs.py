@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RuleError
+from .errors import RuleError, brief
 from .events import DEFAULT_IOTYPES, IOTYPES
 
 MAX_ERRNO = 4095
@@ -116,10 +116,10 @@ def parse_errno(value: object, *, what: str = "InjectError: errno") -> int:
         else:
             code = getattr(errno_module, text.upper(), None)
             if not isinstance(code, int) or not text.upper().startswith("E"):
-                raise fail(f"unknown errno name {value!r} (use e.g. 'EIO' or 'ENOSPC')")
+                raise fail(f"unknown errno name {brief(value)} (use e.g. 'EIO' or 'ENOSPC')")
             return code
     if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(f"{attr} must be an errno number or name, not {value!r}")
+        raise fail(f"{attr} must be an errno number or name, not {brief(value)}")
     if not 0 <= value <= MAX_ERRNO:
         raise fail(f"{attr}={value} is out of range (0..{MAX_ERRNO})")
     return value
@@ -139,14 +139,16 @@ def parse_iotypes(value: object) -> frozenset[str]:
         result = frozenset(names)
     except TypeError:
         raise fail(
-            "inject-error", "iotype", f"iotype must be a name or a list of names, not {value!r}"
+            "inject-error",
+            "iotype",
+            f"iotype must be a name or a list of names, not {brief(value)}",
         ) from None
     bad = [n for n in result if n not in IOTYPES]
     if bad or not result:
         raise fail(
             "inject-error",
             "iotype",
-            f"invalid iotype {bad[0] if bad else value!r} (allowed: {', '.join(IOTYPES)})",
+            f"invalid iotype {brief(bad[0] if bad else value)} (allowed: {', '.join(IOTYPES)})",
         )
     return result
 
@@ -159,19 +161,19 @@ def check(kind: str, attr: Attr, value: Any) -> Any:
     t = attr.type
     if t == "event":
         if not isinstance(value, str) or not value:
-            raise fail(kind, a, f"event must be a non-empty string, not {value!r}")
+            raise fail(kind, a, f"event must be a non-empty string, not {brief(value)}")
         return value
     if t == "name":
         if not isinstance(value, str) or not value or any(c in value for c in '"\n\r'):
             raise fail(
                 kind,
                 a,
-                f"name must be a non-empty string without quotes or newlines, not {value!r}",
+                f"name must be a non-empty string without quotes or newlines, not {brief(value)}",
             )
         return value
     if t == "bool":
         if not isinstance(value, bool):
-            raise fail(kind, a, f"{a} must be True or False, not {value!r}")
+            raise fail(kind, a, f"{a} must be True or False, not {brief(value)}")
         return value
     if t == "errno":
         code = parse_errno(value, what=f"{class_name(kind)}: {a}")
@@ -182,17 +184,17 @@ def check(kind: str, attr: Attr, value: Any) -> Any:
         return parse_iotypes(value)
     if t == "choice":
         if value not in attr.choices:
-            raise fail(kind, a, f"{a} must be one of {', '.join(attr.choices)}, not {value!r}")
+            raise fail(kind, a, f"{a} must be one of {', '.join(attr.choices)}, not {brief(value)}")
         return value
     assert attr.lo is not None and attr.hi is not None
     if t == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(kind, a, f"{a} must be an integer, not {value!r}")
+            raise fail(kind, a, f"{a} must be an integer, not {brief(value)}")
     else:  # float
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(kind, a, f"{a} must be a number, not {value!r}")
+            raise fail(kind, a, f"{a} must be a number, not {brief(value)}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise fail(kind, a, f"{a} must be a finite number, not {value!r}")
+            raise fail(kind, a, f"{a} must be a finite number, not {brief(value)}")
     # Compared before any conversion: Python compares an int with a float
     # exactly, and an int too large for a float is then out of range, not
     # an OverflowError.

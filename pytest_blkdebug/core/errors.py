@@ -11,6 +11,14 @@ from __future__ import annotations
 import os
 
 
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut after ``limit`` characters: a
+    hostile file's 100,000-entry array or megabyte-long name must not become
+    a megabyte of message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class RuleError(ValueError):
     """A rule, event name or rule attribute is invalid.
 

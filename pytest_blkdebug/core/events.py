@@ -12,7 +12,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
-from .errors import RuleError
+from .errors import RuleError, brief
 
 #: QEMU 7.2's blkdebug event names, in QEMU's own (enum) order.
 QEMU_EVENTS: tuple[str, ...] = (
@@ -92,7 +92,7 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
     """``unknown event 'wirte_aio' (did you mean 'write_aio'?)``."""
     close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}"
+    return f"unknown {kind} {brief(name)}{hint}"
 
 
 class EventRegistry:

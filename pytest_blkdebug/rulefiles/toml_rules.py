@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, cast
 
-from ..core.errors import RuleError, RuleFileError
+from ..core.errors import RuleError, RuleFileError, brief
 from ..core.events import EventRegistry, register_events, unknown_name_message
 from ..core.rules import RULE_KINDS, SCHEMA, TYPES, Rule, attrs_of, make_rule
 
@@ -241,7 +241,7 @@ def _toml_rule(
     for key, value in table.items():
         attr = schema.get(key)
         if attr is None:
-            raise fail(at(key), f"[[{kind}]]: unknown key {key!r} (allowed: {allowed})", key)
+            raise fail(at(key), f"[[{kind}]]: unknown key {brief(key)} (allowed: {allowed})", key)
         types, wanted = TYPES[attr.type]
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if ok and attr.type == "iotype" and isinstance(value, list):
@@ -249,7 +249,7 @@ def _toml_rule(
         if not ok:
             raise fail(
                 at(key),
-                f"[[{kind}]]: {key} must be {wanted}, not {_type_name(value)} {value!r}",
+                f"[[{kind}]]: {key} must be {wanted}, not {_type_name(value)} {brief(value)}",
                 key,
             )
     if "event" in schema and "event" in table and table["event"] not in registry:
