@@ -117,6 +117,9 @@ its temporary file; the link was replaced, its file kept the old rules):
 Values of 100,000 entries or characters in a rule file (an error message of
 that size): tests/test_rules_hardening.py::test_a_huge_value_is_named_briefly.
 
+An NBD socket in a missing directory (an error naming nothing):
+  tests/test_hostile_nbd.py::test_a_socket_in_a_missing_directory_names_the_path.
+
 blkdebug-io typed at, line by line (each command runs before the next line
 is read; a prompt on a terminal): tests/test_cli.py::test_stdin_commands_run_one_by_one_as_they_are_typed,
 test_stdin_on_a_terminal_gets_a_prompt_before_each_line, and with stdin closed:

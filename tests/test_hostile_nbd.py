@@ -286,3 +286,12 @@ def test_qemu_legacy_address_of_an_ipv6_export_brackets_the_host(disk: bd.Disk) 
                 check=False,
             )
             assert (proc.returncode, proc.stdout.strip()) == (0, "1 MiB"), proc.stderr
+
+
+def test_a_socket_in_a_missing_directory_names_the_path(disk: bd.Disk, tmp_path: Path) -> None:
+    """``serve_nbd(socket_path=...)`` (and ``blkdebug-nbd --socket``) in a
+    directory that does not exist said only ``[Errno 2] No such file or
+    directory``, naming nothing; the TCP case names its address."""
+    path = tmp_path / "missing" / "nbd.sock"
+    with pytest.raises(FileNotFoundError, match=f"cannot listen on {path}: No such file"):
+        disk.serve_nbd(socket_path=path)

@@ -169,10 +169,10 @@ class NBDExport:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 listener.bind(path)
-            except OSError:
+            except OSError as exc:
                 listener.close()
                 self._remove_tmpdir()
-                raise
+                raise OSError(exc.errno, f"cannot listen on {path}: {exc.strerror}") from None
             self.socket = path
         listener.listen(64)
         self._listener = listener
