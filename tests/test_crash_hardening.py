@@ -255,3 +255,25 @@ def test_an_adapters_truncate_without_a_good_size_is_refused_when_reported(tmp_p
         with pytest.raises(ValueError, match="size= must be an int >= 0"):
             disk.engine.file_op("truncate", disk.path, **details)
     disk.close()
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_restore_replaces_a_link_instead_of_writing_through_it(tmp_path, link):
+    """docs/crash.md: crash images never touch the live image. ``restore``
+    into a folder where the file's name was a link to the live image (a
+    hard link kept as a backup, a symlink farm) wrote the crash image into
+    the live image."""
+    disk = Disk.create(tmp_path / "disk.img", 4096)
+    with disk.record() as run:
+        disk.write(0, b"A" * 512)
+    target = tmp_path / "restored"
+    target.mkdir()
+    if link == "hard":
+        os.link(disk.path, target / "disk.img")
+    else:
+        os.symlink(disk.path, target / "disk.img")
+    run.crashes().by_id("e0-none").restore(target)
+    assert (tmp_path / "disk.img").read_bytes()[:512] == b"A" * 512  # live image untouched
+    assert (target / "disk.img").read_bytes() == bytes(4096)
+    assert not (target / "disk.img").is_symlink()
+    disk.close()

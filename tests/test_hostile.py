@@ -75,7 +75,8 @@ Power loss and sweeps (recordings, crash copies, bodies that exit):
   test_a_write_landing_while_the_recording_starts_is_not_lost,
   test_without_subtests_a_failing_crash_run_fails_the_test_not_its_teardown,
   test_a_state_of_another_split_item_is_not_called_missing,
-  test_an_adapters_truncate_without_a_good_size_is_refused_when_reported);
+  test_an_adapters_truncate_without_a_good_size_is_refused_when_reported,
+  test_restore_replaces_a_link_instead_of_writing_through_it);
   tests/test_sweep_hardening.py (test_a_body_that_exits_at_one_point_does_not_end_the_sweep,
   test_crash_mode_images_keep_the_files_prep_left,
   test_crash_mode_keeps_a_file_in_a_subdirectory_in_its_place,

@@ -160,9 +160,11 @@ class Crash:
             target = os.path.join(folder, name)
             if os.sep in name:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
+            # A new file in every case: writing into what is there would
+            # write through a symlink or a hard link (to the live image, say).
+            if os.path.lexists(target):
+                os.unlink(target)
             if content is None:
-                if os.path.lexists(target):
-                    os.unlink(target)
                 continue
             materialize(content, target, self.seed)
             written.append(target)
