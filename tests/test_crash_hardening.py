@@ -27,6 +27,7 @@ def test_a_recycled_copy_is_not_reused_across_seeds(tmp_path):
     run.pool.clear()
     assert pooled == one.read()  # what a fresh copy of seed 1's state holds
     assert first != pooled
+    disk.close()
 
 
 def test_allocated_zeroes_past_the_file_end_grow_the_crash_image_too(tmp_path):
