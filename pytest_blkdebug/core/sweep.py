@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,15 +245,15 @@ def crash_states(recording: Recording, seed: int, which: str) -> list[Crash]:
 # ---------------------------------------------------------------------------
 
 
-def copy_tree(src: Path, dst: Path) -> None:
+def copy_tree(src: Path, dst: Path, skip: Collection[Path] = ()) -> None:
     """Copy the template directory into ``dst`` (which exists): sparse or
-    reflinked files."""
+    reflinked files, but not those whose copy would be at a path in ``skip``."""
     for entry in os.scandir(src):
         target = dst / entry.name
         if entry.is_dir(follow_symlinks=False):
             target.mkdir()
-            copy_tree(Path(entry.path), target)
-        elif entry.is_file(follow_symlinks=False):
+            copy_tree(Path(entry.path), target, skip)
+        elif entry.is_file(follow_symlinks=False) and target not in skip:
             create_image(target, entry.stat().st_size, entry.path)
 
 

@@ -373,13 +373,15 @@ class Sweep:
         outcome.crashes = len(states)
         result.images += len(states)
         failed: list[tuple[Crash, SweepFailure]] = []
+        top = str(where) + os.sep
+        recorded = [os.path.relpath(p, where) for p in recording.paths if p.startswith(top)]
         for crash in states:
             folder = where / crash.id
             folder.mkdir()
             # The files prep left, as it left them (those the body never
             # touched through the engine are in no recording), then the
-            # recorded files as the crash left them.
-            copy_tree(spec.template, folder)
+            # recorded files as the crash left them (not copied first).
+            copy_tree(spec.template, folder, {folder / name for name in recorded})
             crash.restore(folder, root=where)
             image = folder / IMAGE
             engine = Engine(registry=EventRegistry(spec.registry.custom), seed=spec.seed)
