@@ -37,7 +37,7 @@ Huge and NaN values:
 Quadratic inputs (20,000 rules, events, armed rules):
   tests/test_rules_hardening.py (items 9, 10, 11).
 
-Slow and flooding NBD clients, wildcard addresses: tests/test_hostile_nbd.py;
+Slow and flooding NBD clients, wildcard addresses, SIGHUP to blkdebug-nbd: tests/test_hostile_nbd.py;
 malformed NBD streams (Hypothesis): tests/test_nbd_fuzz.py;
 disconnects mid-request: tests/test_nbd.py::test_disconnect_mid_request_and_while_held.
 

@@ -11,7 +11,10 @@ Part of the hostile suite: tests/test_hostile.py indexes every attack.
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -295,3 +298,31 @@ def test_a_socket_in_a_missing_directory_names_the_path(disk: bd.Disk, tmp_path:
     path = tmp_path / "missing" / "nbd.sock"
     with pytest.raises(FileNotFoundError, match=f"cannot listen on {path}: No such file"):
         disk.serve_nbd(socket_path=path)
+
+
+@pytest.mark.parametrize("stop", ["SIGHUP", "SIGTERM"])
+def test_blkdebug_nbd_ends_cleanly_on_a_closed_terminal(tmp_path: Path, stop: str) -> None:
+    """SIGHUP (its terminal closed) ends ``blkdebug-nbd`` as SIGTERM does: the
+    report printed, exit 0, the socket removed. It used to die where it
+    stood, leaving its socket file and no report."""
+    image = tmp_path / "img"
+    image.write_bytes(bytes(1 << 20))
+    sock = tmp_path / "nbd.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pytest_blkdebug.nbd", "--socket", str(sock), str(image)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith("nbd+unix://")
+        server.send_signal(getattr(signal, stop))
+        out, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err
+    assert "state: 1" in out.splitlines(), out
+    assert not sock.exists()

@@ -1,5 +1,5 @@
 """The ``blkdebug-nbd`` command: serve an image over NBD with blkdebug rules
-applied, like ``qemu-nbd``, until SIGINT/SIGTERM, then print the engine's
+applied, like ``qemu-nbd``, until SIGINT/SIGTERM/SIGHUP, then print the engine's
 report (``report.format_report``: final state, history, every rule's
 counters, the trace).
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="blkdebug-nbd",
         description="Serve IMAGE over NBD with blkdebug rules applied (like qemu-nbd). "
-        "Prints the NBD URI on its first line, serves until SIGINT/SIGTERM, "
+        "Prints the NBD URI on its first line, serves until SIGINT/SIGTERM/SIGHUP, "
         "then prints the report: final state, history, every rule's counters.",
     )
     parser.add_argument("image", metavar="IMAGE", help="raw image file to serve")
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if threading.current_thread() is not threading.main_thread():
-        # It serves until SIGINT/SIGTERM, and only the main thread gets signals.
+        # It serves until SIGINT/SIGTERM/SIGHUP, and only the main thread gets signals.
         print("blkdebug-nbd: main() must run in the main thread", file=sys.stderr)
         return 2
 
@@ -113,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal ends the server the same way (report
+    # printed, socket removed) instead of killing it where it stands.
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in stops}
     try:
         try:
             tcp = args.tcp is not None
