@@ -262,6 +262,17 @@ def test_it(blkdebug_sweep):
     usage = run(pytester, test, "--blkdebug-sweep=0")
     assert usage.ret == pytest.ExitCode.USAGE_ERROR
     usage.stderr.fnmatch_lines(["*--blkdebug-sweep: N must be 1 or more, not 0*"])
+    # Past the last point (the workload writes 3 times): nothing to check,
+    # said in a warning rather than a silent pass.
+    past = run(pytester, test, "--blkdebug-sweep=9", "-s")
+    assert outcomes(past)["passed"] == 1
+    past.stdout.fnmatch_lines(
+        [
+            "*--blkdebug-sweep=9 checked nothing: the workload ran to its end without reaching"
+            " request 9*"
+        ]
+    )
+    assert "checked nothing" not in str(result.stdout)
 
 
 def test_bad_rule_attributes_are_named(pytester: pytest.Pytester) -> None:

@@ -35,6 +35,7 @@ import errno as errno_module
 import inspect
 import os
 import shutil
+import warnings
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -249,7 +250,9 @@ class Sweep:
 
         spec = _Spec(base, template, registry, rule, persist, body, check, seed, mode, crash_states)
         result = SweepResult()
+        scheduled = 0
         for n in self._schedule():
+            scheduled += 1
             if n > MAX_POINTS:
                 pytest.fail(
                     f"blkdebug_sweep: still reaching the fault at N={MAX_POINTS}; "
@@ -261,6 +264,18 @@ class Sweep:
         if self._spare is not None:
             shutil.rmtree(self._spare, ignore_errors=True)
             self._spare = None
+        if self.only is not None and scheduled and not result.points:
+            # A warning, not a failure: a test may run several sweeps, and
+            # N names a point of one of them. But a rerun that checked
+            # nothing must not pass in silence.
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"blkdebug_sweep: --blkdebug-sweep={self.only} checked nothing: the "
+                    f"workload ran to its end without reaching request {self.only} (this "
+                    "sweep has fewer points; its summary line says how many)"
+                ),
+                stacklevel=2,
+            )
         proto = make_rule(rule, 1, persist)
         what = ", ".join(t for t in IOTYPES if t in proto.iotype)
         if rule["event"] != "none":
