@@ -184,10 +184,13 @@ class Recording:
         self, disk: Disk, operation: str, offset: int, length: int, data: bytes | None
     ) -> None:
         """A write, write-zeroes or discard reached the image (what was really stored)."""
-        unit = self._units.get(disk)
-        if unit is None:
+        # The hot path of a recording (every write): a subscript, not .get(),
+        # and the bytes test first (a write's data is bytes by now).
+        try:
+            unit = self._units[disk]
+        except KeyError:
             unit = self._adopt(disk)
-        if data is not None and type(data) is not bytes:
+        if type(data) is not bytes and data is not None:
             data = bytes(data)  # the caller may reuse its buffer
         self._append((unit, operation, offset, length, data))
 
