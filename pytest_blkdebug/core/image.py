@@ -191,31 +191,29 @@ def _open_image(path: str, readonly: bool) -> int:
     """The image's descriptor: a regular file or a block device. Opened
     without blocking (a FIFO opened read-only waits for a writer), and
     refused if it is a directory, a FIFO, a socket or a character device."""
-    fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_NONBLOCK)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            kind = _KINDS.get(stat.S_IFMT(mode), "special")
-            raise ValueError(f"image {path} is not a regular file ({kind})")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _open_checked(path, os.O_RDONLY if readonly else os.O_RDWR, block_device=True)
 
 
 def create_file(path: str) -> int:
     """``path`` as a new, empty regular file (an existing one is emptied),
     open for reading and writing. Opened without blocking, and refused if
     something else is there (a FIFO would wait for a reader)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    return _open_checked(path, flags, block_device=False, refused="; not replaced")
+
+
+def _open_checked(path: str, flags: int, *, block_device: bool, refused: str = "") -> int:
+    """``os.open`` that never waits on a special file: opened non-blocking,
+    then refused unless a regular file (or, with ``block_device``, a block
+    device), then made blocking again for the I/O."""
+    fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not (stat.S_ISREG(mode) or (block_device and stat.S_ISBLK(mode))):
             kind = _KINDS.get(stat.S_IFMT(mode), "special")
-            raise ValueError(f"image {path} is not a regular file ({kind}); not replaced")
+            raise ValueError(f"image {path} is not a regular file ({kind}){refused}")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
