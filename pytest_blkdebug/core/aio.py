@@ -94,56 +94,40 @@ class AsyncDisk:
     def __init__(self, disk: Disk) -> None:
         self.disk = disk
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def _run(self, request: Request[T]) -> T:
+        """Drive ``request`` with the disk's hold timeout; its ``close()`` cuts
+        an injected delay short."""
         __tracebackhide__ = True
         disk = self.disk
-        return await arun(
-            path.read(disk, offset, length), hold_timeout=disk.hold_timeout, closing=disk._closing
-        )
+        return await arun(request, hold_timeout=disk.hold_timeout, closing=disk._closing)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        __tracebackhide__ = True
+        return await self._run(path.read(self.disk, offset, length))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         __tracebackhide__ = True
-        disk = self.disk
-        await arun(
-            path.write(disk, offset, data), hold_timeout=disk.hold_timeout, closing=disk._closing
-        )
+        await self._run(path.write(self.disk, offset, data))
 
     async def write_zeroes(self, offset: int, length: int, *, unmap: bool = True) -> None:
         __tracebackhide__ = True
-        disk = self.disk
-        await arun(
-            path.write_zeroes(disk, offset, length, unmap),
-            hold_timeout=disk.hold_timeout,
-            closing=disk._closing,
-        )
+        await self._run(path.write_zeroes(self.disk, offset, length, unmap))
 
     async def discard(self, offset: int, length: int) -> None:
         __tracebackhide__ = True
-        disk = self.disk
-        await arun(
-            path.discard(disk, offset, length),
-            hold_timeout=disk.hold_timeout,
-            closing=disk._closing,
-        )
+        await self._run(path.discard(self.disk, offset, length))
 
     async def flush(self) -> None:
         __tracebackhide__ = True
-        disk = self.disk
-        await arun(path.flush(disk), hold_timeout=disk.hold_timeout, closing=disk._closing)
+        await self._run(path.flush(self.disk))
 
     async def block_status(self, offset: int, length: int) -> list[Extent]:
         __tracebackhide__ = True
-        disk = self.disk
-        return await arun(
-            path.block_status(disk, offset, length),
-            hold_timeout=disk.hold_timeout,
-            closing=disk._closing,
-        )
+        return await self._run(path.block_status(self.disk, offset, length))
 
     async def event(self, name: str) -> None:
         __tracebackhide__ = True
-        disk = self.disk
-        await arun(path.event(disk, name), hold_timeout=disk.hold_timeout, closing=disk._closing)
+        await self._run(path.event(self.disk, name))
 
     async def wait_break(self, tag: str, timeout: float | None = None) -> None:
         """Like ``Disk.wait_break`` but lets the loop run while waiting."""
