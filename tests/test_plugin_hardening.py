@@ -322,6 +322,10 @@ def test_seed_option_ini_and_default(pytester: pytest.Pytester) -> None:
     bad = pytester.runpytest("--blkdebug-seed=x")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*blkdebug_seed / --blkdebug-seed: invalid value 'x'*"])
+    # A seed copied with leading zeros is the same decimal seed (base 0 refused
+    # "042"), and hex is still read as hex.
+    pytester.runpytest("--blkdebug-seed=042").stdout.fnmatch_lines(["blkdebug: seed 42 (given;*"])
+    pytester.runpytest("--blkdebug-seed=0x2a").stdout.fnmatch_lines(["blkdebug: seed 42 (given;*"])
 
 
 def test_counters_travel_as_report_data_under_xdist(pytester: pytest.Pytester) -> None:

@@ -262,7 +262,10 @@ def _seed(config: pytest.Config) -> tuple[int, bool]:
     if text is None:
         return random.SystemRandom().randrange(1 << 32), False
     try:
-        seed = int(str(text).strip(), 0)
+        text = str(text).strip()
+        # Decimal as printed (leading zeros allowed: base 0 refuses "010"),
+        # or 0x... / 0o... / 0b...
+        seed = int(text, 10) if text.isdecimal() else int(text, 0)
         if seed < 0:
             raise ValueError
     except ValueError:
