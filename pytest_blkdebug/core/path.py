@@ -419,6 +419,7 @@ def _store(
     it waited: no events after, so no breakpoint can hold it again."""
     __tracebackhide__ = True
     reached = False
+    failure: Exception | None = None
     try:
         if _watched(disk, op.before):
             yield from events_before(disk, op)
@@ -435,15 +436,10 @@ def _store(
             yield IO_DONE
     except GeneratorExit:
         raise
-    except Exception:  # the request failed
+    except Exception as exc:  # the request failed: events after all the same
         if not reached:
             raise
-        try:
-            if _watched(disk, op.after):
-                yield from events_after(disk, op)
-        finally:
-            durability(disk)
-        raise
+        failure = exc
     except BaseException:  # abandoned by its driver: it ends here
         if reached:
             durability(disk)
@@ -453,6 +449,8 @@ def _store(
             yield from events_after(disk, op)
     finally:
         durability(disk)
+    if failure is not None:
+        raise failure
 
 
 def read(disk: Disk, offset: int, length: int) -> Request[bytes]:

@@ -435,22 +435,13 @@ def make_rule(kind: str, attrs: dict[str, Any], *, where: str = "") -> Rule:
     try:
         for key, value in attrs.items():  # each value first: its error beats "missing ..."
             check(kind, schema[key], value)
-    except RuleError as exc:
-        if not prefix:
-            raise
-        raise RuleError(
-            f"{prefix}{exc}", kind=exc.kind, attribute=exc.attribute, reason=exc.reason
-        ) from None
-    for attr in SCHEMA[kind]:
-        if attr.required and attr.name not in attrs:
-            reason = "missing event name" if attr.name == "event" else f"missing {attr.name}"
-            reason += f" ({attr.help})" if attr.name != "event" else ""
-            raise RuleError(
-                f"{prefix}{kind}: {reason}", kind=kind, attribute=attr.name, reason=reason
-            )
-    try:
+        for attr in SCHEMA[kind]:
+            if attr.required and attr.name not in attrs:
+                reason = "missing event name" if attr.name == "event" else f"missing {attr.name}"
+                reason += f" ({attr.help})" if attr.name != "event" else ""
+                raise RuleError(f"{kind}: {reason}", kind=kind, attribute=attr.name, reason=reason)
         return cls(**attrs)
-    except RuleError as exc:
+    except RuleError as exc:  # where it came from (a marker, a file's line) goes first
         if not prefix:
             raise
         raise RuleError(
