@@ -401,14 +401,7 @@ class Connection:
         try:
             if length and not self._recv_rest(view, 0):
                 raise Hangup("connection closed inside a write payload")
-            try:
-                self.handle.write(offset, view)
-                if flags & _FUA:
-                    self.handle.flush()
-            except Exception as exc:
-                self._fail(handle, exc)
-            else:
-                self._send([SIMPLE_REPLY.pack(_SIMPLE, 0, handle)], 16)
+            self._run_then_ok(handle, lambda: self.handle.write(offset, view), flags)
         finally:
             view.release()
 
@@ -436,7 +429,8 @@ class Connection:
             self._send_extents(handle, extents, bool(flags & CMD_FLAG_REQ_ONE))
 
     def _run_then_ok(self, handle: int, run: Callable[[], None], flags: int = 0) -> None:
-        """Run a request without data to return; FUA flushes after it."""
+        """Run a request with no data to return (a write's payload is in
+        already); FUA flushes after it."""
         try:
             run()
             if flags & _FUA:
