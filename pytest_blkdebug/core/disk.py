@@ -96,8 +96,8 @@ class Disk:
             raise
         self.engine = engine
         self.image.limit = self.size
-        self._closed = False
-        #: Set by ``close()``: requests waiting out an injected delay stop waiting.
+        #: Set by ``close()`` (``closed`` reads it): requests waiting out an
+        #: injected delay stop waiting.
         self._closing = threading.Event()
         #: This disk's requests waiting at breakpoints (the request path adds
         #: and removes them; ``close()`` resumes them).
@@ -389,7 +389,7 @@ class Disk:
     def fileno(self) -> int:
         """The image's descriptor, for reading it behind the engine's back
         (ValueError once the disk is closed, as for a closed file)."""
-        if self._closed:
+        if self.closed:
             raise self.image.closed_error()
         return self.image.fd
 
@@ -397,7 +397,7 @@ class Disk:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closing.is_set()
 
     def close(self) -> list[tuple[str, Hold]]:
         """Close the image, first resuming whatever is still suspended.
@@ -405,10 +405,9 @@ class Disk:
         Returns the (tag, hold) entries it had to resume, so callers (the
         pytest plugin) can report a forgotten breakpoint. The image stays.
         """
-        if self._closed:
+        if self._closing.is_set():
             return []
-        self._closed = True
-        self._closing.set()  # requests in an injected delay stop waiting
+        self._closing.set()  # closed; requests in an injected delay stop waiting
         image = self.image
         image.limit = -1  # the range check refuses every new request
         # Drop our reference: the descriptor number is freed once no request
