@@ -212,8 +212,7 @@ def _open_checked(path: str, flags: int, *, block_device: bool, refused: str = "
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if not (stat.S_ISREG(mode) or (block_device and stat.S_ISBLK(mode))):
-            kind = _KINDS.get(stat.S_IFMT(mode), "special")
-            raise ValueError(f"image {path} is not a regular file ({kind}){refused}")
+            raise ValueError(f"image {path} is not a regular file ({file_kind(mode)}){refused}")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -269,6 +268,11 @@ _KINDS = {
 }
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, for an error (``st_mode``)."""
+    return _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name one file (symlinks and hard links included)."""
     try:
@@ -292,9 +296,7 @@ def copy_sparse(src: str, dst: str) -> None:
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), src)
         if not stat.S_ISREG(mode):
-            raise ValueError(
-                f"template {src} is not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special')})"
-            )
+            raise ValueError(f"template {src} is not a regular file ({file_kind(mode)})")
     except BaseException:
         os.close(fd)
         raise

@@ -29,6 +29,7 @@ from typing import Union
 
 from ..core.errors import RuleError, RuleFileError
 from ..core.events import DEFAULT_IOTYPES, IOTYPES, QEMU_EVENT_SET, EventRegistry
+from ..core.image import file_kind
 from ..core.rules import SCHEMA, Attr, BadSector, InjectError, Rule, SetState, errno_name
 from .qemu_ini import ID_HINT as ID_HINT  # re-exported: it used to live here
 from .qemu_ini import ID_MAX, IniFail, id_wellformed, parse_ini
@@ -126,7 +127,7 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         if not stat.S_ISREG(st.st_mode):
             raise RuleFileError(
-                name, None, f"Could not read {what}: not a regular file ({_file_type(st.st_mode)})"
+                name, None, f"Could not read {what}: not a regular file ({file_kind(st.st_mode)})"
             )
         chunks: list[bytes] = []
         size = 0
@@ -149,18 +150,6 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
         raise RuleFileError(name, None, f"Could not read {what}: {reason}") from None
     finally:
         os.close(fd)
-
-
-def _file_type(mode: int) -> str:
-    for test, label in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return label
-    return "a special file"
 
 
 def _emit(collected: list[RuleFileWarning], stacklevel: int) -> None:
